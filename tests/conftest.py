@@ -1,0 +1,19 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real data sets beside the repo (../shared/data); tests that need them skip in a fresh clone."""
+    if not (SHARED_DATA / "FashionMNIST" / "raw").is_dir():
+        pytest.skip(f"real data not present at {SHARED_DATA} (only on the project's machines)")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)

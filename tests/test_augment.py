@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+
+from mixmatch.augment import Augmenter, _reflect, crop_flip, normalize
+
+
+def test_reflect_matches_numpy_reflect_padding():
+    size, pad = 6, 4
+    padded = np.pad(np.arange(size), pad, mode="reflect")
+    index = torch.arange(-pad, size + pad)
+    assert _reflect(index, size).tolist() == padded.tolist()
+
+
+def all_crops(image: np.ndarray, pad: int, flip: bool) -> list[np.ndarray]:
+    """Every crop (and mirror) the paper's augmentation can produce from one (C, H, W) image."""
+    c, h, w = image.shape
+    padded = np.pad(image, ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
+    crops = [padded[:, y : y + h, x : x + w] for y in range(2 * pad + 1) for x in range(2 * pad + 1)]
+    return crops + [crop[:, :, ::-1] for crop in crops] if flip else crops
+
+
+@pytest.mark.parametrize(("pad", "flip"), [(4, True), (2, False), (0, True)])
+def test_crop_flip_yields_only_reflect_padded_crops(pad, flip):
+    images = torch.randint(0, 256, (16, 3, 12, 10), dtype=torch.uint8)
+    out = crop_flip(images, pad, flip)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    for i in range(len(images)):
+        candidates = all_crops(images[i].numpy(), pad, flip)
+        assert any(np.array_equal(out[i].numpy(), c) for c in candidates)
+
+
+def test_crop_flip_is_random_per_example():
+    image = torch.randint(0, 256, (1, 1, 8, 8), dtype=torch.uint8)
+    out = crop_flip(image.repeat(64, 1, 1, 1), 2, True)
+    assert len({tuple(o.flatten().tolist()) for o in out}) > 20
+
+
+def test_no_pad_no_flip_is_identity():
+    images = torch.randint(0, 256, (4, 3, 5, 5), dtype=torch.uint8)
+    assert torch.equal(crop_flip(images, 0, False), images)
+
+
+def test_normalize_uint8_to_standardised_float():
+    images = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
+    mean, std = torch.tensor([0.5, 0.5, 1.0]), torch.tensor([0.5, 0.25, 1.0])
+    out = normalize(images, mean, std)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out[:, :, 0, 0], torch.tensor([[1.0, 2.0, 0.0]] * 2))
+    assert normalize(images, mean, std, channels_last=True).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_views_are_k_independent_augmentations():
+    aug = Augmenter(torch.zeros(3), torch.ones(3), pad=4, flip=True)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    views = aug.views(images, 3)
+    assert views.shape == (3, 8, 3, 32, 32) and views.dtype == torch.float32
+    assert not torch.equal(views[0], views[1]) and not torch.equal(views[1], views[2])
+    # each view is an augmentation of the same source image
+    for k in range(3):
+        src = images[5].numpy() / 255
+        assert any(np.allclose(views[k, 5].numpy(), c) for c in all_crops(src, 4, True))
+
+
+def test_augmenter_keeps_data_on_its_device():
+    aug = Augmenter(torch.zeros(1), torch.ones(1), pad=1, flip=False, channels_last=True)
+    out = aug(torch.zeros(4, 1, 8, 8, dtype=torch.uint8))
+    assert out.device == torch.device("cpu") and out.is_contiguous(memory_format=torch.channels_last)

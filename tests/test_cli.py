@@ -1,0 +1,127 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mixmatch.cli import main
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mixmatch", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "imagenet"], "unknown data set 'imagenet'"),
+        (["--num-labels", "5000"], "asks for 500 labels per class, but class 0 has only"),
+        (["--num-labels", "55"], "--num-labels 55 is not a multiple of the 10 classes"),
+        (["--dataset", "fashion-mnist"], "needs --data-dir"),
+        (["--dataset", "fashion-mnist", "--data-dir", "/no/such/dir"], "--data-dir /no/such/dir does not exist"),
+        (["--arch", "vgg"], "unknown architecture 'vgg'"),
+        (["--steps", "0"], "--steps must be positive"),
+    ],
+)
+def test_bad_input_exits_with_one_line(args, message, tmp_path):
+    result = run_cli("train", "--no-progress", "--out", str(tmp_path / "run"), *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mixmatch: error:") and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_train_writes_summary(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--steps",
+                "30",
+                "--eval-every",
+                "15",
+                "--no-progress",
+                "--out",
+                str(out),
+                "--k",
+                "3",
+                "--temperature",
+                "0.4",
+                "--alpha",
+                "0.5",
+                "--lambda-u",
+                "10",
+                "--rampup-steps",
+                "10",
+            ]
+        )
+        == 0
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 30 and summary == json.loads((out / "summary.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert (config["k"], config["temperature"], config["alpha"], config["lambda_u"]) == (3, 0.4, 0.5, 10)
+
+
+def test_compare_prints_table_and_writes_plot(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert (
+        main(
+            [
+                "compare",
+                "--steps",
+                "20",
+                "--eval-every",
+                "10",
+                "--no-progress",
+                "--out",
+                str(out),
+                "--methods",
+                "mixmatch",
+                "supervised",
+                "--seeds",
+                "0",
+                "1",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "| mixmatch | 50 | 2 |" in printed and "| supervised | 50 | 2 |" in printed
+    assert (out / "results.md").read_text().strip() in printed
+    assert (out / "curves.png").stat().st_size > 10_000
+    assert len(json.loads((out / "results.json").read_text())) == 2
+    # the baselines train on the very split MixMatch used
+    splits = {
+        json.loads((out / f"{m}-seed0" / "split.json").read_text())["indices"].__repr__()
+        for m in ("mixmatch", "supervised")
+    }
+    assert len(splits) == 1
+
+
+def test_report_of_missing_run_is_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a finished run folder" in capsys.readouterr().err
+
+
+def test_fashion_mnist_from_shared_data(shared_data, tmp_path):
+    result = run_cli(
+        "train",
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        str(shared_data),
+        "--steps",
+        "20",
+        "--eval-every",
+        "20",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["dataset"] == "fashion-mnist" and summary["num_labels"] == 100 and summary["steps"] == 20

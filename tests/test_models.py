@@ -1,0 +1,36 @@
+import pytest
+import torch
+from torch import nn
+
+from mixmatch.models import build_model, wrn28_2
+
+
+def test_wrn28_2_parameter_count_matches_official():
+    model = wrn28_2(10)
+    n = sum(p.numel() for p in model.parameters())
+    assert n == 1_469_642  # 1.47M as in the paper (TF conv layers have biases)
+
+
+def test_wrn28_2_shape_and_layers():
+    model = wrn28_2(10)
+    assert model(torch.randn(3, 3, 32, 32)).shape == (3, 10)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs) == 25  # stem + 3 stages x 4 units x 2 convs; with the linear head: 26 weight layers
+    widths = sorted({m.out_channels for m in convs})
+    assert widths == [16, 32, 64, 128]
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(m.momentum == 0.001 and m.eps == 1e-3 for m in bns)
+    assert any(isinstance(m, nn.LeakyReLU) and m.negative_slope == 0.1 for m in model.modules())
+
+
+@pytest.mark.parametrize(("channels", "size"), [(1, 8), (1, 28), (3, 32)])
+def test_small_cnn_fits_image_sizes(channels, size):
+    model = build_model("cnn", 10, channels, size)
+    assert model(torch.randn(2, channels, size, size)).shape == (2, 10)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 2
+
+
+def test_unknown_architecture():
+    with pytest.raises(ValueError, match="unknown architecture 'resnet9'"):
+        build_model("resnet9", 10, 3, 32)
