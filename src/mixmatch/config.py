@@ -19,12 +19,22 @@ def _opt(default: Any, help: str, **metadata: Any) -> Any:
 @dataclass
 class TrainConfig:
     dataset: str = _opt("digits", "data set name (see `mixmatch data list`)")
-    data_dir: str | None = _opt(None, "folder holding the data set in torchvision's layout")
+    data_dir: str | None = _opt(None, "folder holding the data set in torchvision's layout, or your image folder")
     download: bool = _opt(False, "let torchvision download a missing data set into --data-dir")
+    labels_csv: str | None = _opt(None, "--dataset folder: CSV of `file,label` rows naming the labelled images")
+    test_csv: str | None = _opt(None, "--dataset folder: CSV of `file,label` rows naming the test images")
+    image_size: int = _opt(32, "--dataset folder: images are scaled and centre-cropped to this square size")
+    strict_images: bool = _opt(False, "--dataset folder: refuse unreadable image files instead of skipping them")
+    val_fraction: float | None = _opt(
+        None, "hold out this share of every class's labelled images as the test split (0.1 for a folder without one)"
+    )
+    labeled_split: str | None = _opt(None, "reuse the labelled subset of an earlier run's split.json")
     method: str = _opt(
         "mixmatch", "mixmatch, supervised (labelled subset only) or fully-supervised (all labels)", choices=METHODS
     )
-    num_labels: int | None = _opt(None, "labelled examples, split evenly over the classes")
+    num_labels: int | None = _opt(
+        None, "labelled examples, split evenly over the classes (image folders: as evenly as they allow; default all)"
+    )
     seed: int = _opt(0, "seed of the labelled split and of training")
     arch: str | None = _opt(None, "model: wrn28_2 or cnn")
     steps: int | None = _opt(None, "training steps (the official full schedule is 1048576)")
@@ -52,6 +62,11 @@ class TrainConfig:
     )
     eval_every: int | None = _opt(None, "evaluate the test split every N steps")
     log_every: int = _opt(50, "write training losses to metrics.jsonl every N steps")
+    tensorboard: bool = _opt(False, "also write TensorBoard event files to RUN_DIR/tensorboard")
+    checkpoint_every: int = _opt(1000, "save a checkpoint every N steps (0: only at the end and on SIGINT/SIGTERM)")
+    keep_checkpoints: int = _opt(3, "how many of the newest checkpoints to keep")
+    deterministic: bool = _opt(False, "deterministic algorithms only (bit-exact resume on GPU; slower)")
+    sync_bn: bool = _opt(False, "under torchrun on GPUs: BatchNorm statistics of the global batch, not per process")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     amp: str = _opt(
         "auto", "bf16 autocast: auto (where the hardware has bf16 units), bf16 or off", choices=("auto", "bf16", "off")
@@ -62,6 +77,7 @@ class TrainConfig:
     compile: bool = _opt(False, "torch.compile the model (pays on long GPU runs)")
     out: str | None = _opt(None, "run folder (default runs/<dataset>-<method>-<labels>-<seed>)")
     progress: bool = _opt(True, "show a progress bar")
+    tag: str | None = _opt(None, "a name for this run's variant, by which `mixmatch report --by tag` groups runs")
 
     def resolved(self) -> TrainConfig:
         """A copy whose None fields are filled from the data set's preset."""
@@ -69,7 +85,7 @@ class TrainConfig:
         values = {k: (preset.get(k) if v is None and k in preset else v) for k, v in dataclasses.asdict(self).items()}
         cfg = TrainConfig(**values)
         if cfg.out is None:
-            cfg.out = f"runs/{cfg.dataset}-{cfg.method}-{cfg.num_labels}-{cfg.seed}"
+            cfg.out = f"runs/{cfg.dataset}-{cfg.method}-{cfg.num_labels or 'all'}-{cfg.seed}"
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -173,6 +189,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         flip=True,
     ),
 }
+# SVHN with its 'extra' split as the unlabelled pool trains as SVHN does. Image folders take the settings of
+# CIFAR-10 (the paper's main benchmark, natural 32x32 images) and by default every labelled image.
+PRESETS["svhn-extra"] = PRESETS["svhn"]
+PRESETS["folder"] = dict(PRESETS["cifar10"], num_labels=None)
 
 
 def augmentation_of(dataset: str) -> tuple[int, bool]:

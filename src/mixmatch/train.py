@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import signal
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +24,26 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import algorithm as A
+from . import checkpoint as C
 from .augment import Augmenter
 from .config import TrainConfig, augmentation_of
-from .data import ImageDataset, labeled_split, load_dataset, save_split
+from .data import ImageDataset, choose_split, load_for_config, save_split
+from .distributed import ProcessGroup
+from .distributed import stop as stop_process_group
+from .metrics import MetricsLog, require_tensorboard
 from .models import build_model
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss or the weights became NaN or infinite."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped the run after it saved a checkpoint; the message says where."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 def pick_device(name: str) -> torch.device:
@@ -65,6 +80,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def use_deterministic_algorithms(device: torch.device) -> None:
+    """Deterministic kernels only. CPU kernels already are at a fixed thread count; CUDA's need this."""
+    if device.type == "cuda":
+        # cuBLAS reads this when it first starts, which is after this point.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True)
+
+
 def decayed_parameters(model: nn.Module) -> list[Tensor]:
     """Conv and linear weights: the official code decays 'kernel' variables only, not biases or BatchNorm."""
     return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
@@ -80,13 +104,27 @@ class Trainer:
         for name in ("steps", "batch_size", "k", "eval_every", "log_every"):
             if getattr(cfg, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+        if cfg.checkpoint_every < 0 or cfg.keep_checkpoints < 1:
+            raise ValueError("--checkpoint-every must be >= 0 and --keep-checkpoints >= 1")
+        if cfg.tensorboard:
+            require_tensorboard()
         seed_everything(cfg.seed)
-        self.device = pick_device(cfg.device)
+        self.dist = ProcessGroup.from_env()
+        self.device = self.dist.device(pick_device(cfg.device))
+        if cfg.batch_size % self.dist.world_size:
+            raise ValueError(f"--batch-size {cfg.batch_size} does not split over {self.dist.world_size} processes")
+        if cfg.sync_bn and self.device.type != "cuda":
+            raise ValueError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm does not run on CPUs)")
+        if cfg.deterministic:
+            use_deterministic_algorithms(self.device)
+        self.owns_process_group = self.dist.start(self.device)
+        # Each process draws its share of the global batch.
+        self.local_batch = cfg.batch_size // self.dist.world_size
         self.bf16 = use_bf16(cfg.amp, self.device)
         self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and self.bf16)
 
-        self.data = dataset if dataset is not None else load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
-        self.split = labeled_split(self.data.train_labels, cfg.num_labels, self.data.num_classes, cfg.seed)
+        self.data = dataset if dataset is not None else load_for_config(cfg)
+        self.split = choose_split(self.data, cfg.num_labels, cfg.seed, cfg.labeled_split)
         images, labels = self.data.train_images, self.data.train_labels
         if cfg.method == "fully-supervised":
             self.labeled_x, self.labeled_y = images, labels
@@ -105,12 +143,15 @@ class Trainer:
         self.model = build_model(cfg.arch, self.data.num_classes, channels, size).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.sync_bn and self.dist.enabled:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.ema = (
             AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
             if cfg.ema_decay > 0
             else None
         )
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        wrapped = self.dist.wrap(self.model)
+        self.forward = torch.compile(wrapped) if cfg.compile else wrapped
         if cfg.optimizer == "adam":
             self.optimizer: torch.optim.Optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         else:
@@ -122,6 +163,13 @@ class Trainer:
         )
         self.decayed = decayed_parameters(self.model)
         self.step = 0
+        self.pending: list[Tensor] = []  # (3,) losses of the steps since the last metrics record
+        self.wall_seconds = 0.0  # of training before this process, for a resumed run
+        self.last_checkpoint: Path | None = None
+        self.resumed = False
+        if self.dist.enabled:
+            # The same initial weights on every process (seeded above), but different batches.
+            seed_everything(cfg.seed + self.dist.rank)
 
     # ---- one step -------------------------------------------------------------------------------
 
@@ -129,7 +177,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def _batch(self, images: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        idx = torch.randint(images.shape[0], (self.config.batch_size,), device=self.device)
+        idx = torch.randint(images.shape[0], (self.local_batch,), device=self.device)
         return images[idx], (labels[idx] if labels is not None else None)
 
     def lambda_u(self) -> float:
@@ -206,6 +254,9 @@ class Trainer:
                 torch._foreach_mul_(self.decayed, 1 - self.config.weight_decay * lr)
         if self.scheduler is not None:
             self.scheduler.step()
+        # Under torchrun the weights agree after the averaged gradients; this makes BatchNorm's running
+        # statistics agree too, so the EMA model is the same on every process.
+        self.dist.average_buffers(self.model)
         if self.ema is not None:
             self.ema.update_parameters(self.model)
         self.step += 1
@@ -232,55 +283,153 @@ class Trainer:
             correct += (pred == labels[start : start + batch].to(self.device)).sum()
         return correct.item() / images.shape[0]
 
+    # ---- checkpoints ------------------------------------------------------------------------------
+
+    def model_meta(self) -> dict[str, Any]:
+        """What rebuilding the model and preparing its input takes (saved in checkpoints and exports)."""
+        channels, size = self.data.shape[0], self.data.shape[1]
+        return dict(
+            arch=self.config.arch,
+            num_classes=self.data.num_classes,
+            in_channels=channels,
+            image_size=size,
+            classes=list(self.data.classes),
+            mean=self.augment.mean.tolist(),
+            std=self.augment.std.tolist(),
+            dataset=self.config.dataset,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything that changes during a run, for an exact resume. Under torchrun every process calls it."""
+        pending = torch.stack(self.pending) if self.pending else torch.zeros(0, 3, device=self.device)
+        return dict(
+            meta=self.model_meta(),
+            step=self.step,
+            model=self.model.state_dict(),
+            ema=None if self.ema is None else self.ema.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=None if self.scheduler is None else self.scheduler.state_dict(),
+            rng=self.dist.gather(C.rng_state()),  # one per process: each draws its own batches
+            pending=self.dist.average(pending).cpu(),
+            wall_seconds=self.wall_seconds,
+        )
+
+    def load_state_dict(self, state: dict[str, Any], source: str | Path = "checkpoint") -> None:
+        """Restore a state_dict(); CheckpointError if it is of another model, class count or image shape."""
+        C.check_compatible(state.get("meta", {}), self.model_meta(), source)
+        try:
+            self.model.load_state_dict(state["model"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as error:
+            reason = " ".join(str(error).split())[:300]
+            raise C.CheckpointError(f"checkpoint {source} does not fit this run: {reason}") from None
+        self.step = state["step"]
+        self.wall_seconds = state["wall_seconds"]
+        self.pending = list(state["pending"].to(self.device).unbind(0))
+        rng = state["rng"]
+        if len(rng) == self.dist.world_size:
+            C.set_rng_state(rng[self.dist.rank])
+        else:
+            warnings.warn(
+                f"{source} was written by {len(rng)} processes, this run has {self.dist.world_size}: "
+                "the run continues with fresh random streams, so not exactly as it would have",
+                stacklevel=2,
+            )
+            seed_everything(self.config.seed + self.step + self.dist.rank)
+
+    def resume(self) -> Path:
+        """Continue from the newest checkpoint of the run folder (config.out); returns its path."""
+        path = C.latest_checkpoint(self.config.out)
+        self.load_state_dict(C.safe_load(path), path)
+        self.last_checkpoint, self.resumed = path, True
+        return path
+
+    def save_checkpoint(self) -> Path:
+        """Checkpoint into RUN_DIR/checkpoints (rank 0 writes); refuses weights or losses that are not finite."""
+        tensors = [*self.model.parameters(), *self.model.buffers(), *self.pending]
+        if self.ema is not None:
+            tensors += [*self.ema.parameters(), *self.ema.buffers()]
+        if not C.all_finite(tensors):
+            raise TrainingDiverged(
+                f"weights or loss not finite at step {self.step}, no checkpoint saved; {self._last_checkpoint_text()}"
+            )
+        state = self.state_dict()
+        path = C.checkpoint_path(self.config.out, self.step)
+        if self.dist.is_main:
+            C.save_checkpoint(state, path, self.config.keep_checkpoints)
+        self.last_checkpoint = path
+        return path
+
+    def _last_checkpoint_text(self) -> str:
+        if self.last_checkpoint is None:
+            return "no checkpoint was saved before"
+        return f"the last checkpoint is {self.last_checkpoint}"
+
     # ---- the run ----------------------------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
-        """Train for config.steps, evaluating and logging; writes and returns the run's summary."""
+        """Train from self.step to config.steps, evaluating, logging and checkpointing; writes the summary.
+
+        A NaN loss raises TrainingDiverged. SIGINT or SIGTERM save a checkpoint at the end of the current
+        step (under torchrun, at the next log interval, where the processes agree to stop) and raise
+        TrainingInterrupted.
+        """
         from tqdm.auto import tqdm
 
         cfg = self.config
         out = Path(cfg.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        save_split(out / "split.json", cfg.dataset, self.split, cfg.seed)
-        metrics = (out / "metrics.jsonl").open("w")
-        losses: list[Tensor] = []
-        start = time.perf_counter()
-        train_seconds = 0.0
+        main = self.dist.is_main
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+        if main and not self.resumed:
+            C.remove_checkpoints(out)
+            (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            save_split(out / "split.json", cfg.dataset, self.split, cfg.seed, self.data)
+        metrics = MetricsLog(out if main else None, self.step if self.resumed else None, cfg.tensorboard)
+        start = time.perf_counter() - self.wall_seconds
         accuracy = float("nan")
-        bar = tqdm(total=cfg.steps, disable=not cfg.progress, desc=f"{cfg.method} {cfg.dataset}", leave=False)
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.step,
+            disable=not (cfg.progress and main),
+            desc=f"{cfg.method} {cfg.dataset}",
+            leave=False,
+        )
         try:
-            while self.step < cfg.steps:
-                losses.append(self.train_step())
-                bar.update()
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    # The only host sync of the loop: once per log interval, not per step.
-                    mean = torch.stack(losses).mean(0).tolist()
-                    losses.clear()
-                    if not all(math.isfinite(v) for v in mean):
-                        raise TrainingDiverged(f"loss became {mean[0]} at step {self.step}; lower --lr or --lambda-u")
-                    record = dict(
-                        step=self.step,
-                        loss=mean[0],
-                        loss_x=mean[1],
-                        loss_u=mean[2],
-                        lambda_u=self.lambda_u() if cfg.method == "mixmatch" else 0.0,
-                        lr=self.optimizer.param_groups[0]["lr"],
-                    )
-                    metrics.write(json.dumps(record) + "\n")
-                    bar.set_postfix(loss=f"{mean[0]:.3f}", acc=f"{accuracy:.3f}")
-                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                    train_seconds = time.perf_counter() - start
-                    accuracy = self.evaluate()
-                    metrics.write(
-                        json.dumps(dict(step=self.step, test_accuracy=accuracy, wall_seconds=round(train_seconds, 2)))
-                        + "\n"
-                    )
-                    metrics.flush()
-                    bar.set_postfix(acc=f"{accuracy:.3f}")
+            with C.StopSignals() as signals:
+                while self.step < cfg.steps:
+                    self.pending.append(self.train_step())
+                    bar.update()
+                    last = self.step == cfg.steps
+                    logged = self.step % cfg.log_every == 0 or last
+                    if logged:
+                        self._log(metrics, bar, accuracy)
+                    if self.step % cfg.eval_every == 0 or last:
+                        accuracy = self.evaluate()
+                        seconds = round(time.perf_counter() - start, 2)
+                        metrics.write(dict(step=self.step, test_accuracy=accuracy, wall_seconds=seconds))
+                        metrics.flush()
+                        bar.set_postfix(acc=f"{accuracy:.3f}")
+                    signum = self._stop_signal(signals, logged)
+                    if signum or last or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
+                        self.wall_seconds = time.perf_counter() - start
+                        metrics.flush()
+                        path = self.save_checkpoint()
+                    if signum:
+                        raise TrainingInterrupted(
+                            f"stopped by {signal.Signals(signum).name} at step {self.step}; checkpoint saved to "
+                            f"{path}; continue with: mixmatch train --resume {out}",
+                            signum,
+                        )
         finally:
             bar.close()
             metrics.close()
+        if math.isnan(accuracy):  # resumed a run that had already finished
+            accuracy = self.evaluate()
         summary = dict(
             dataset=cfg.dataset,
             method=cfg.method,
@@ -294,10 +443,48 @@ class Trainer:
             bf16=self.bf16,
             torch=torch.__version__,
         )
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        if main:
+            (out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
+    def _log(self, metrics: MetricsLog, bar: Any, accuracy: float) -> None:
+        """Write the mean losses since the last record; the loop's only host sync, once per log interval."""
+        mean = self.dist.average(torch.stack(self.pending).mean(0)).tolist()
+        self.pending.clear()
+        if not all(math.isfinite(v) for v in mean):
+            raise TrainingDiverged(
+                f"loss became {mean[0]} at step {self.step}; {self._last_checkpoint_text()}; lower --lr or --lambda-u"
+            )
+        metrics.write(
+            dict(
+                step=self.step,
+                loss=mean[0],
+                loss_x=mean[1],
+                loss_u=mean[2],
+                lambda_u=self.lambda_u() if self.config.method == "mixmatch" else 0.0,
+                lr=self.optimizer.param_groups[0]["lr"],
+            )
+        )
+        bar.set_postfix(loss=f"{mean[0]:.3f}", acc=f"{accuracy:.3f}")
 
-def train(config: TrainConfig, dataset: ImageDataset | None = None) -> dict[str, Any]:
-    """Build a Trainer for `config` and run it to the end; returns the summary."""
-    return Trainer(config, dataset).fit()
+    def _stop_signal(self, signals: C.StopSignals, logged: bool) -> int:
+        """The signal to stop for, or 0. Processes of a torchrun launch must stop at the same step, and
+        agreeing costs a host sync, so they only compare notes at log intervals."""
+        if not self.dist.enabled:
+            return signals.received
+        return self.dist.max_int(signals.received, self.device) if logged else 0
+
+
+def train(config: TrainConfig, dataset: ImageDataset | None = None, resume: bool = False) -> dict[str, Any]:
+    """Build a Trainer for `config` and run it to the end; returns the summary.
+
+    With `resume`, continue from the newest checkpoint in config.out instead of starting afresh.
+    """
+    trainer = Trainer(config, dataset)
+    try:
+        if resume:
+            trainer.resume()
+        return trainer.fit()
+    finally:
+        if trainer.owns_process_group:
+            stop_process_group()

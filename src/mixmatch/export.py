@@ -1,0 +1,186 @@
+"""A trained model outside its run: export the EMA weights, predict image files, evaluate a labelled set.
+
+`export` writes RUN_DIR/model.safetensors (weights only; safetensors holds no code) and beside it
+model.json: architecture, class count and names, input channels and size, normalisation mean/std.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import checkpoint as C
+from .augment import normalize
+from .models import build_model
+
+MODEL_FORMAT = "mixmatch-model/1"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the newest checkpoint's EMA weights (the evaluated model) as safetensors plus its JSON."""
+    from safetensors.torch import save_file
+
+    path = C.latest_checkpoint(run_dir)
+    state = C.safe_load(path)
+    if state["ema"] is not None:
+        prefix = "module."
+        weights = {k[len(prefix) :]: v for k, v in state["ema"].items() if k.startswith(prefix)}
+    else:  # --ema-decay 0 evaluates the raw model
+        weights = state["model"]
+    out = Path(out) if out is not None else Path(run_dir) / "model.safetensors"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.contiguous() for k, v in weights.items()}  # channels_last weights are not contiguous
+    C.atomic_write(out, lambda tmp: save_file(tensors, str(tmp)))
+    meta = dict(format=MODEL_FORMAT, **state["meta"], step=state["step"], weights=out.name)
+    C.atomic_write(out.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+    return out
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """An exported model in eval mode on the CPU, and its JSON; CheckpointError with one line if unusable."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.is_file():
+        raise C.CheckpointError(f"model file {path} does not exist (write one with `mixmatch export RUN_DIR`)")
+    meta_path = path.with_suffix(".json")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise C.CheckpointError(
+            f"{meta_path} is missing or not JSON; `mixmatch export` writes it beside the model"
+        ) from None
+    if meta.get("format") != MODEL_FORMAT:
+        raise C.CheckpointError(f"{meta_path} does not describe a mixmatch model")
+    try:
+        weights = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise C.CheckpointError(f"model file {path} is truncated or not safetensors ({error})") from None
+    model = build_model(meta["arch"], meta["num_classes"], meta["in_channels"], meta["image_size"])
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        reason = " ".join(str(error).split())[:300]
+        raise C.CheckpointError(f"model file {path} does not fit {C.describe(meta)}: {reason}") from None
+    return model.eval(), meta
+
+
+def read_image(path: Path, channels: int, size: int) -> Tensor:
+    """One image file as uint8 (C, size, size), prepared as `--dataset folder` prepares training images:
+    turned upright by its EXIF tag, converted to the model's channels, its shorter side scaled to `size`
+    and centre-cropped to a square (an image of the model's size is left as it is)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image).convert("L" if channels == 1 else "RGB")
+            if image.size != (size, size):
+                image = ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)
+            array = np.asarray(image, dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise C.CheckpointError(f"{path} is not an image file that PIL can read") from None
+    except Exception as error:  # PIL's plugins raise OSError, SyntaxError, struct.error... on damaged files
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise C.CheckpointError(f"cannot read image {path}: {reason}") from None
+    tensor = torch.from_numpy(array.copy())
+    return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1)
+
+
+def image_files(inputs: list[str | Path]) -> list[Path]:
+    """Files named, and the image files (by suffix) anywhere under folders named, in order."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise C.CheckpointError(f"no image files in {item}")
+            files += found
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise C.CheckpointError(f"{item} does not exist")
+    return files
+
+
+@torch.no_grad()
+def classify(model: nn.Module, meta: dict[str, Any], images: Tensor, batch: int = 512) -> Tensor:
+    """Softmax probabilities (N, L) of uint8 images (N, C, H, W), normalised as in training."""
+    mean, std = torch.tensor(meta["mean"]), torch.tensor(meta["std"])
+    probs = [
+        torch.softmax(model(normalize(images[i : i + batch], mean, std)), -1) for i in range(0, len(images), batch)
+    ]
+    return torch.cat(probs) if probs else torch.zeros(0, meta["num_classes"])
+
+
+def predict(model_path: str | Path, inputs: list[str | Path]) -> list[dict[str, Any]]:
+    """Class name and confidence of each image file (folders are searched for images)."""
+    model, meta = load_model(model_path)
+    files = image_files(inputs)
+    images = torch.stack([read_image(f, meta["in_channels"], meta["image_size"]) for f in files])
+    confidence, index = classify(model, meta, images).max(-1)
+    return [
+        {"path": str(f), "class": meta["classes"][i], "confidence": round(c, 6)}
+        for f, i, c in zip(files, index.tolist(), confidence.tolist(), strict=True)
+    ]
+
+
+def confusion_matrix(predicted: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """(L, L) counts, row = true class, column = predicted class."""
+    return torch.bincount(labels * num_classes + predicted, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def plot_confusion(matrix: Tensor, classes: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(2 + 0.45 * n, 1.5 + 0.45 * n))
+    ax.imshow(matrix.numpy(), cmap="Blues")
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=title)
+    ax.set_xticklabels(classes, rotation=90)
+    ax.set_yticklabels(classes)
+    if n <= 20:
+        peak = int(matrix.max())
+        for (t, p), count in np.ndenumerate(matrix.numpy()):
+            ax.text(p, t, str(count), ha="center", va="center", color="white" if count > peak / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def evaluate(
+    model_path: str | Path, dataset: str, data_dir: str | None = None, out: str | Path | None = None
+) -> dict[str, Any]:
+    """Accuracy of an exported model on the test split of a registered data set, and a confusion matrix PNG."""
+    from .data import load_dataset
+
+    model, meta = load_model(model_path)
+    data = load_dataset(dataset, data_dir)
+    shape = (meta["in_channels"], meta["image_size"], meta["image_size"])
+    if tuple(data.shape) != shape or data.num_classes != meta["num_classes"]:
+        c, s, _ = data.shape
+        raise C.CheckpointError(
+            f"{dataset} has {data.num_classes} classes of {c}x{s}x{s} images; the model is {C.describe(meta)}"
+        )
+    predicted = classify(model, meta, data.test_images).argmax(-1)
+    matrix = confusion_matrix(predicted, data.test_labels, data.num_classes)
+    accuracy = matrix.trace().item() / len(data.test_labels)
+    model_path = Path(model_path)
+    folder = model_path if model_path.is_dir() else model_path.parent
+    png = Path(out) if out is not None else folder / f"confusion-{dataset}.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    plot_confusion(matrix, meta["classes"], png, f"{dataset} test split: {100 * accuracy:.2f}% accurate")
+    return dict(
+        dataset=dataset, images=len(data.test_labels), accuracy=accuracy, confusion=matrix.tolist(), png=str(png)
+    )

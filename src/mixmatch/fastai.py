@@ -1,0 +1,492 @@
+"""MixMatch for fastai: a training callback, an EMA-of-weights callback, data loaders and a Learner factory.
+
+This module is the only one that imports fastai (an optional extra: ``pip install mixmatch[fastai]``);
+``import mixmatch`` never loads it. The MixMatch math is not repeated here: the callback calls
+`mixmatch.algorithm` (guess_labels, mixmatch, mixmatch_loss, linear_rampup, frozen_batchnorm_stats).
+
+    from mixmatch.data import load_dataset, labeled_split
+    from mixmatch.fastai import image_dataloaders, mixmatch_learner
+
+    data = load_dataset("digits")
+    split = labeled_split(data.train_labels, 50, data.num_classes, seed=0)
+    dls = image_dataloaders(data, split, bs=64, iters_per_epoch=250, pad=1, flip=False)
+    learn = mixmatch_learner(dls, unlabeled=data.train_images, arch="cnn", rampup_steps=2000)
+    learn.fit_one_cycle(20, 2e-3)
+    preds, targets = learn.get_preds()          # validated with the EMA weights
+    learn.mix_match.steps_done, learn.ema.ema_model   # the callbacks, by fastai's names for them
+
+How a training batch flows (shapes: B labelled, K views, L classes, images (C, H, W)):
+
+    before_batch   xb = (x (B,C,H,W),) yb = (y (B,),) from the Learner's training loader;
+                   u (B_u,C,H,W) from the unlabelled source -> K augmented views (K,B_u,C,H,W);
+                   q = guess_labels(model, views, T) in training mode with BatchNorm statistics frozen;
+                   X', p', U', q' = mixmatch(x, one_hot(y), views, q, alpha);
+                   xb <- (cat(X', U'),)  yb <- (cat(p', q'),)   (soft targets, ((1+K)B, L))
+    forward        the Learner's own forward pass over the whole mixed batch (one pass, as the library's
+                   Trainer with bn_mode='concat'), so MixedPrecision, ChannelsLast etc. apply unchanged
+    loss           mixmatch_loss(pred[:B], p', pred[B:], q', lambda_u * linear_rampup(step, rampup_steps))
+    validation     the Learner's own loss_func (cross-entropy) and metrics, on plain batches
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
+from typing import Any
+
+import fastai.callback.progress  # noqa: F401  (ProgressCallback: the fastprogress bars fastai users expect)
+import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle and Learner.lr_find)
+import torch
+import torch.nn.functional as F
+from fastai.callback.core import Callback
+from fastai.callback.fp16 import MixedPrecision
+from fastai.data.core import DataLoaders, Datasets
+from fastai.data.transforms import Categorize, IntToFloatTensor, ItemTransform, Normalize, Transform, compose_tfms
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import accuracy
+from fastai.optimizer import Adam
+from fastai.torch_core import TensorImage
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from . import algorithm as A
+from .augment import crop_flip
+from .data import ImageDataset
+from .models import build_model
+
+__all__ = [
+    "EMACallback",
+    "ImageOf",
+    "LabelOf",
+    "MixMatchCallback",
+    "RandomCropFlip",
+    "image_dataloaders",
+    "mixmatch_learner",
+]
+
+# The paper's ramp-up of lambda_u: 1024 kimg = 16384 steps of 64 (mixmatch.config cites the source).
+PAPER_RAMPUP_STEPS = 16384
+
+
+def _plain(t: Tensor) -> Tensor:
+    """Drop fastai's tensor subclasses (TensorImage, TensorCategory): the algorithm works on plain tensors,
+    and mixing a TensorImage with a TensorCategory in one op is what fastai's type dispatch refuses."""
+    return t.as_subclass(Tensor) if type(t) is not Tensor else t
+
+
+def _first(batch: Any) -> Tensor:
+    """The images of a batch that may be a tensor, or a tuple/list whose first element is the images."""
+    return batch[0] if isinstance(batch, tuple | list) else batch
+
+
+class MixMatchCallback(Callback):
+    """Train a fastai Learner with MixMatch (Berthelot et al., 2019): labelled batches from the Learner's
+    training loader, unlabelled batches from `unlabeled_dl`, the loss of `mixmatch.algorithm`.
+
+    unlabeled_dl: where unlabelled images come from, either
+        - an image tensor (N, C, H, W): each step draws B images with replacement (B = labelled batch size),
+          as the library's Trainer does. Fastest, and lets the pool live on the GPU; or
+        - any iterable of batches (a torch or fastai DataLoader): a batch is a tensor (B_u, C, H, W) or a
+          tuple/list whose first element is one (labels, if any, are ignored). It is cycled: a new pass
+          starts whenever it runs out, so one fastai epoch is as long as the *labelled* loader.
+        The images must be raw in the same way as the labelled items (e.g. uint8), because `augment`
+        turns each one into K views.
+    augment: one augmented, normalised view of an image batch, (B, C, H, W) -> float (B, C, H, W). If it
+        has a ``views(images, k) -> (K, B, C, H, W)`` method (`mixmatch.augment.Augmenter` does) that is used
+        for all K views in one call; otherwise it is called K times. None (the default) uses the batch
+        transforms of the Learner's own training loader (``dls.train.after_batch``), so the unlabelled
+        views get exactly the augmentation and normalisation the labelled batches get; the images are
+        wrapped as `TensorImage` for fastai's type dispatch.
+    K, T, alpha, lambda_u: the paper's views per unlabelled image, sharpening temperature, Beta(alpha, alpha)
+        of MixUp and weight of the unlabelled loss.
+    rampup_steps: lambda_u grows linearly from 0 to `lambda_u` over this many training batches (paper:
+        16384). The count runs on across `fit` calls (like the Trainer's step), except that `lr_find` does
+        not advance it. `steps_done` holds it; set it to resume a schedule.
+
+    While training, the Learner's `loss_func` is replaced by the MixMatch loss; it is put back after
+    training (also when training is cancelled), so validation, `get_preds`, `predict` and later plain
+    training use the Learner's own loss function. After each training batch `loss_x`, `loss_u` and
+    `lambda_u_now` hold the detached parts of the last loss, and `learn.loss` the total.
+    Needs labelled targets as class indices (B,) (fastai's `Categorize`); train metrics are not supported
+    (the targets of a MixMatch batch are soft labels for the mixed batch), validation metrics are.
+    """
+
+    # Inner-loop events run on training batches only; validation batches are left as they are.
+    run_valid = False
+    # After MixedPrecision (order 10) has entered autocast in before_batch, so label guessing runs under
+    # the same precision as the forward pass (as the library's Trainer does).
+    order = MixedPrecision.order + 1
+
+    def __init__(
+        self,
+        unlabeled_dl: Tensor | Iterable[Any],
+        augment: Callable[[Tensor], Tensor] | None = None,
+        K: int = 2,
+        T: float = 0.5,
+        alpha: float = 0.75,
+        lambda_u: float = 75.0,
+        rampup_steps: int = PAPER_RAMPUP_STEPS,
+    ):
+        if K < 1:
+            raise ValueError(f"K must be >= 1, got {K}")
+        if T <= 0:
+            raise ValueError(f"T must be > 0, got {T}")
+        if alpha < 0 or lambda_u < 0:
+            raise ValueError(f"alpha and lambda_u must be >= 0, got {alpha} and {lambda_u}")
+        self.unlabeled_dl, self.augment = unlabeled_dl, augment
+        self.K, self.T, self.alpha, self.lambda_u, self.rampup_steps = K, T, alpha, lambda_u, rampup_steps
+        self.steps_done = 0
+        self.loss_x = self.loss_u = self.lambda_u_now = None
+        self._unlabeled_iter: Iterator[Any] | None = None
+        self._old_lf: Callable[..., Tensor] | None = None  # the Learner's loss_func while ours is installed
+        self._n_labeled: int | None = None  # B of the mixed batch waiting for the loss, None when there is none
+        self._saved_steps: int | None = None
+
+    # ---- where the unlabelled views come from ------------------------------------------------------
+
+    def _unlabeled_batch(self, batch_size: int, device: torch.device) -> Tensor:
+        """Raw unlabelled images (B_u, C, H, W) on `device`."""
+        if isinstance(self.unlabeled_dl, Tensor):
+            pool = self.unlabeled_dl
+            idx = torch.randint(pool.shape[0], (batch_size,), device=pool.device)
+            return _plain(pool[idx]).to(device, non_blocking=True)
+        if self._unlabeled_iter is None:
+            # itertools.cycle would replay the first pass's batches; re-iterating reshuffles a DataLoader.
+            self._unlabeled_iter = itertools.chain.from_iterable(_forever(self.unlabeled_dl))
+        return _plain(_first(next(self._unlabeled_iter))).to(device, non_blocking=True)
+
+    def views(self, u: Tensor) -> Tensor:
+        """K augmented views of raw images u (B_u, C, H, W): float (K, B_u, C, H, W), as `augment` makes them."""
+        augment = self.augment
+        if augment is None:
+            pipeline = getattr(self.dls.train, "after_batch", None)
+            if pipeline is None:
+                raise ValueError(
+                    "MixMatchCallback(augment=None) uses the training loader's batch transforms "
+                    "(dls.train.after_batch), and this loader has none: pass augment=..."
+                )
+            # split_idx=0 explicitly: the training transforms (random crop/flip), whatever split the pipeline
+            # was last iterated for (fastai sets it only while a loader iterates, and loaders may share it).
+            return torch.stack(
+                [_plain(compose_tfms(TensorImage(u), tfms=pipeline.fs, split_idx=0)) for _ in range(self.K)]
+            )
+        if hasattr(augment, "views"):
+            return _plain(augment.views(u, self.K))
+        return torch.stack([_plain(augment(u)) for _ in range(self.K)])
+
+    # ---- the events --------------------------------------------------------------------------------
+
+    def before_fit(self) -> None:
+        # lr_find trains for a few batches and puts the weights back; it must not use up the ramp-up.
+        self._saved_steps = self.steps_done if hasattr(self.learn, "lr_finder") else None
+        self._restore_loss()  # in case an exception other than fastai's Cancel* left ours installed
+
+    def before_train(self) -> None:
+        if self._old_lf is None:
+            self._old_lf, self.learn.loss_func = self.learn.loss_func, self.lf
+
+    def before_batch(self) -> None:
+        if len(self.xb) != 1 or len(self.yb) != 1:
+            raise ValueError("MixMatchCallback expects batches of one input and one target (class indices)")
+        x, y = _plain(self.xb[0]), _plain(self.yb[0])
+        u = self._unlabeled_batch(x.shape[0], x.device)
+        u_views = self.views(u)
+        # Guess labels in training mode (batch statistics, as the official code) without letting the
+        # guessing pass move BatchNorm's running statistics: only the main forward pass updates them.
+        with A.frozen_batchnorm_stats(self.model):
+            q = A.guess_labels(self.model, u_views, self.T)
+        p = F.one_hot(y.long(), q.shape[-1]).to(q.dtype)
+        x_mix, p_mix, u_mix, q_mix = A.mixmatch(x, p, u_views.to(x.dtype), q, self.alpha)
+        self._n_labeled = x_mix.shape[0]
+        self.lambda_u_now = self.lambda_u * A.linear_rampup(self.steps_done, self.rampup_steps)
+        self.learn.xb = (torch.cat([x_mix, u_mix]),)
+        self.learn.yb = (torch.cat([p_mix, q_mix]),)
+
+    def lf(self, pred: Tensor, *yb: Tensor) -> Tensor:
+        """The MixMatch loss of a mixed batch: pred ((1+K)B, L), yb = (soft targets ((1+K)B, L),) -> ().
+
+        Any other call (validation, or this function left behind by an exception fastai does not report
+        to callbacks) gets the Learner's own loss function.
+        """
+        if self._n_labeled is None or not self.training:
+            return self._old_lf(pred, *yb)
+        n, targets = self._n_labeled, yb[0]
+        self._n_labeled = None
+        total, loss_x, loss_u = A.mixmatch_loss(pred[:n], targets[:n], pred[n:], targets[n:], self.lambda_u_now)
+        self.loss_x, self.loss_u = loss_x.detach(), loss_u.detach()
+        return total
+
+    def after_batch(self) -> None:
+        self._n_labeled = None
+        self.steps_done += 1
+
+    def after_train(self) -> None:
+        self._restore_loss()
+
+    def after_cancel_train(self) -> None:
+        self._restore_loss()
+
+    def before_validate(self) -> None:
+        # A CancelEpochException skips after_train; validation must still see the Learner's own loss.
+        self._restore_loss()
+
+    def after_cancel_fit(self) -> None:
+        self._restore_loss()
+
+    def after_fit(self) -> None:
+        self._restore_loss()
+        if self._saved_steps is not None:
+            self.steps_done, self._saved_steps = self._saved_steps, None
+
+    def _restore_loss(self) -> None:
+        if self._old_lf is not None:
+            self.learn.loss_func, self._old_lf = self._old_lf, None
+        self._n_labeled = None
+
+
+def _forever(loader: Iterable[Any]) -> Iterator[Iterable[Any]]:
+    """The loader itself, over and over (each pass a fresh iterator); stops with an error if it is empty."""
+    while True:
+        it = iter(loader)
+        try:
+            first = next(it)
+        except StopIteration:
+            raise ValueError("the unlabelled loader yields no batches") from None
+        yield itertools.chain([first], it)
+
+
+class EMACallback(Callback):
+    """Keep an exponential moving average of the weights (and buffers) and validate with it.
+
+    The paper evaluates the EMA of the weights (decay 0.999), as the library's Trainer does. After every
+    optimiser step the average is updated (torch.optim.swa_utils.AveragedModel with
+    get_ema_multi_avg_fn(decay) and use_buffers=True, so BatchNorm's running statistics are averaged
+    too, exactly as the Trainer's EMA). Its first update copies the model, so a short run's EMA is still
+    close to the initial weights: decay 0.999 needs a few thousand steps.
+
+    Validation: with `validate_ema` (default) the averaged weights are copied into `learn.model` at
+    `before_validate` and the raw weights put back at `after_validate`. That covers the validation of
+    every epoch (so the Recorder's valid_loss / metrics are the EMA model's), `learn.validate()`,
+    `learn.get_preds()` and `learn.predict()` for as long as the callback stays attached, while training
+    always continues from the raw weights. `ema_model` is the averaged nn.Module itself, and
+    `apply_ema()` copies it into `learn.model` for good (e.g. before `learn.export()` or using
+    `learn.model` directly); once applied, later fits train from the EMA weights and restart the average.
+
+    The average lives across `fit` calls; `lr_find` neither updates nor uses it (its weights are
+    thrown away), `reset()` starts afresh.
+    """
+
+    def __init__(self, decay: float = 0.999, validate_ema: bool = True):
+        if not 0 <= decay < 1:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.decay, self.validate_ema = decay, validate_ema
+        self.ema_model: AveragedModel | None = None
+        self._raw: list[Tensor] | None = None  # the raw weights while the EMA ones are swapped in
+
+    def reset(self) -> None:
+        """Forget the average; the next fit starts a new one from the model's weights."""
+        self._swap_back()
+        self.ema_model = None
+
+    @staticmethod
+    def _tensors(model: nn.Module) -> list[Tensor]:
+        return [*model.parameters(), *model.buffers()]
+
+    def before_fit(self) -> None:
+        self._swap_back()
+        if hasattr(self.learn, "lr_finder"):
+            self.run = False  # fastai sets it back to True after this fit
+            return
+        if self.ema_model is None:
+            self.ema_model = AveragedModel(
+                self.learn.model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True
+            )
+
+    def after_step(self) -> None:
+        self.ema_model.update_parameters(self.learn.model)
+
+    def before_validate(self) -> None:
+        if not self.validate_ema or self.ema_model is None or self.ema_model.n_averaged.item() == 0:
+            return
+        self._swap_back()
+        with torch.no_grad():
+            current = self._tensors(self.learn.model)
+            self._raw = [t.detach().clone() for t in current]
+            for t, e in zip(current, self._tensors(self.ema_model.module), strict=True):
+                t.copy_(e)
+
+    def after_validate(self) -> None:
+        self._swap_back()
+
+    def before_train(self) -> None:
+        self._swap_back()
+
+    def _swap_back(self) -> None:
+        """Put the raw weights back if the EMA ones are in the model."""
+        if self._raw is None:
+            return
+        with torch.no_grad():
+            for t, r in zip(self._tensors(self.learn.model), self._raw, strict=True):
+                t.copy_(r)
+        self._raw = None
+
+    def apply_ema(self) -> None:
+        """Copy the averaged weights into `learn.model` for good (and start a new average next fit)."""
+        if self.ema_model is None:
+            raise RuntimeError("no EMA yet: fit the Learner first")
+        self._swap_back()
+        with torch.no_grad():
+            for t, e in zip(self._tensors(self.learn.model), self._tensors(self.ema_model.module), strict=True):
+                t.copy_(e)
+        self.ema_model = None
+
+
+# ---- data: an ImageDataset as fastai DataLoaders ----------------------------------------------------
+
+
+class ImageOf(ItemTransform):
+    """Item -> TensorImage (C, H, W): the image of an (image, label) pair, or a bare image tensor as is.
+
+    Bare images are what `learn.predict(TensorImage(img))` and `dls.test_dl([...])` pass in.
+    """
+
+    def encodes(self, item):  # no annotation: fastai dispatches on it, and items are tuples or tensors
+        return TensorImage(item[0] if isinstance(item, tuple | list) else item)
+
+
+class LabelOf(ItemTransform):
+    """(image, label index) -> class name, which `Categorize(vocab=classes)` turns back into an index
+    (and `predict` decodes to the name)."""
+
+    def __init__(self, classes: Sequence[str]):
+        super().__init__()
+        self.classes = list(classes)
+
+    def encodes(self, item):  # (image, label) pair
+        return self.classes[int(item[1])]
+
+
+class RandomCropFlip(Transform):
+    """Training-only batch transform: `mixmatch.augment.crop_flip` (reflect-pad-`pad` random crop, random
+    horizontal flip if `flip`) on a TensorImage batch of any dtype. Order 5 puts it before
+    IntToFloatTensor (10), so it gathers uint8 pixels as the library's Augmenter does."""
+
+    split_idx, order = 0, 5
+
+    def __init__(self, pad: int, flip: bool):
+        super().__init__()
+        self.pad, self.flip = pad, flip
+
+    def encodes(self, x: TensorImage) -> TensorImage:
+        return TensorImage(crop_flip(x, self.pad, self.flip))
+
+
+def image_dataloaders(
+    data: ImageDataset,
+    labeled: Tensor | None = None,
+    bs: int = 64,
+    iters_per_epoch: int | None = None,
+    pad: int = 4,
+    flip: bool = True,
+    val_bs: int = 512,
+    device: torch.device | str | None = None,
+) -> DataLoaders:
+    """fastai DataLoaders of an ImageDataset: training on the labelled subset, validation on the test split.
+
+    labeled: indices (n,) into data.train_images of the labelled subset (`mixmatch.data.labeled_split`);
+        None uses every training image.
+    iters_per_epoch: batches per training epoch. A small labelled set (50 images, batch 64) would give no
+        full batch at all, so the subset is repeated (each repetition shuffled with the others) until an
+        epoch holds this many batches of `bs`. None: one pass, at least one batch.
+    pad, flip: the training augmentation (`mixmatch.config.augmentation_of(name)` gives the paper's).
+    Batches: x TensorImage float (B, C, H, W) normalised with the training images' channel statistics
+    (`ImageDataset.channel_stats`), y TensorCategory (B,). Items are (uint8 image, label) pairs, vocab
+    `data.classes`; `learn.predict(TensorImage(img))` takes a uint8 (C, H, W) image.
+    """
+    train_idx = torch.arange(data.train_images.shape[0]) if labeled is None else torch.as_tensor(labeled)
+    n = int(train_idx.numel())
+    if n == 0:
+        raise ValueError("the labelled subset is empty")
+    repeats = max(1, -(-(iters_per_epoch or 1) * bs // n))  # ceil(iters * bs / n)
+    train_idx = train_idx.repeat(repeats)
+    if iters_per_epoch is not None:
+        train_idx = train_idx[: iters_per_epoch * bs]
+    n_train = data.train_images.shape[0]
+    images = torch.cat([data.train_images, data.test_images])
+    labels = torch.cat([data.train_labels, data.test_labels])
+    items = list(zip(images, labels.tolist(), strict=True))
+    valid_idx = list(range(n_train, n_train + data.test_images.shape[0]))
+    dsets = Datasets(
+        items,
+        tfms=[[ImageOf()], [LabelOf(data.classes), Categorize(vocab=data.classes)]],
+        splits=[train_idx.tolist(), valid_idx],
+    )
+    mean, std = data.channel_stats()
+    return dsets.dataloaders(
+        bs=bs,
+        val_bs=val_bs,
+        after_batch=[RandomCropFlip(pad, flip), IntToFloatTensor(), Normalize.from_stats(mean, std, cuda=False)],
+        num_workers=0,  # items are in-memory tensors: worker processes would only add start-up time
+        device=device,
+    )
+
+
+# ---- the Learner ---------------------------------------------------------------------------------------
+
+
+def _input_shape(dls: DataLoaders, unlabeled: Any) -> tuple[int, int]:
+    """(channels, image size) from the unlabelled pool if it is a tensor, else from one training item."""
+    if isinstance(unlabeled, Tensor):
+        return int(unlabeled.shape[1]), int(unlabeled.shape[-1])
+    x = _first(dls.train_ds[0]) if hasattr(dls, "train_ds") else _first(dls.one_batch())[0]
+    return int(x.shape[0]), int(x.shape[-1])
+
+
+def mixmatch_learner(
+    dls: DataLoaders,
+    unlabeled: Tensor | Iterable[Any] | None,
+    arch: str = "wrn28_2",
+    augment: Callable[[Tensor], Tensor] | None = None,
+    K: int = 2,
+    T: float = 0.5,
+    alpha: float = 0.75,
+    lambda_u: float = 75.0,
+    rampup_steps: int = PAPER_RAMPUP_STEPS,
+    ema_decay: float = 0.999,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    image_size: int | None = None,
+    wd: float = 0.02,
+    cbs: Sequence[Callback] = (),
+    **learner_kwargs: Any,
+) -> Learner:
+    """A Learner set up as the paper (and the library's Trainer): model `arch` from
+    `mixmatch.models.build_model`, Adam (beta1 0.9, beta2 0.999, eps 1e-8, as torch's and the official
+    code's) with decoupled weight decay `wd` on conv/linear weights only (fastai's default leaves
+    BatchNorm and biases undecayed, and applies w *= 1 - lr*wd, the Trainer's form), cross-entropy and
+    accuracy for validation, `MixMatchCallback(unlabeled, augment, K, T, alpha, lambda_u, rampup_steps)`
+    and, if ema_decay > 0, `EMACallback(ema_decay)`.
+
+    unlabeled: see `MixMatchCallback` (an image tensor (N, C, H, W) or a loader). None builds the same
+        Learner without MixMatch: the labelled-only baseline, trained and evaluated the same way.
+    num_classes, in_channels, image_size: for the model; by default dls.c and the shape of the images.
+    learner_kwargs go to `Learner` (e.g. path, lr, opt_func, metrics, loss_func).
+    """
+    if num_classes is None:
+        num_classes = int(dls.c)
+    if in_channels is None or image_size is None:
+        channels, size = _input_shape(dls, unlabeled)
+        in_channels, image_size = in_channels or channels, image_size or size
+    model = build_model(arch, num_classes, in_channels, image_size)
+    callbacks: list[Callback] = list(cbs)
+    if unlabeled is not None:
+        callbacks.append(MixMatchCallback(unlabeled, augment, K, T, alpha, lambda_u, rampup_steps))
+    if ema_decay > 0:
+        callbacks.append(EMACallback(ema_decay))
+    learner_kwargs.setdefault("loss_func", CrossEntropyLossFlat())
+    learner_kwargs.setdefault("metrics", accuracy)
+    learner_kwargs.setdefault("opt_func", partial(Adam, mom=0.9, sqr_mom=0.999, eps=1e-8))
+    learner_kwargs.setdefault("lr", 2e-3)
+    return Learner(dls, model, wd=wd, cbs=callbacks, **learner_kwargs)

@@ -1,0 +1,268 @@
+"""Your own images as an ImageDataset, decoded once with PIL and cached as a uint8 tensor file.
+
+Two layouts of a folder ROOT:
+
+class folders   ROOT/labeled/<class>/**/<image>   the labelled images, their class is their folder
+                ROOT/unlabeled/**/<image>         optional: images without a label, at any depth
+                ROOT/test/<class>/**/<image>      optional: the test split
+a labels CSV    ROOT/**/<image> and --labels-csv FILE with rows `file,label` (file relative to ROOT, an optional
+                `file,label` header); every image the CSV does not name is unlabelled. --test-csv FILE, in the
+                same format, names the test images.
+
+Hidden files and folders (a leading dot) are passed over, so the cache in ROOT/.mixmatch-cache is never read
+as an image. Every image is scaled so its shorter side is --image-size and centre-cropped to a square; if any
+image has colour, all become RGB (grey ones are repeated over three channels), else all stay grey. Files that
+PIL cannot read are reported and skipped, or refused with strict=True.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .data import DataError, ImageDataset
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when decoding changes, so that old caches are not re-used
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+
+
+def _natural_key(text: str) -> list[int | str]:
+    """Sorts class '2' before '10', so numeric labels keep their numeric order."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def _scan(folder: Path, root: Path) -> list[str]:
+    """Every non-hidden file under `folder`, as sorted paths relative to `root` with forward slashes."""
+    found = []
+    for directory, subdirs, files in os.walk(folder):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+        found += [Path(directory, f).relative_to(root).as_posix() for f in files if not f.startswith(".")]
+    return sorted(found)
+
+
+def _read_csv(path: Path, root: Path) -> list[tuple[str, str]]:
+    """(file relative to root, label) rows of a `file,label` CSV; a header row `file,label` is skipped."""
+    try:
+        with path.open(newline="") as handle:
+            rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read the CSV {path} ({error})") from None
+    if rows and [cell.strip().lower() for cell in rows[0]] == ["file", "label"]:
+        rows = rows[1:]
+    entries: dict[str, str] = {}
+    for number, row in enumerate(rows, 1):
+        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+            raise DataError(f"{path}: row {number} is {','.join(row)!r}, not `file,label`")
+        file, label = Path(row[0].strip()), row[1].strip()
+        if file.is_absolute() and file.resolve().is_relative_to(root.resolve()):
+            file = file.resolve().relative_to(root.resolve())  # one name per image, however the CSV spells it
+        name = os.path.normpath(file).replace(os.sep, "/")
+        if entries.setdefault(name, label) != label:
+            raise DataError(f"{path} gives {name} two labels, {entries[name]!r} and {label!r}")
+    if not entries:
+        raise DataError(f"the CSV {path} names no images")
+    return list(entries.items())
+
+
+def _class_folders(folder: Path, root: Path) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str]]]:
+    """(class names, (file, class) of their images, (file, reason) of files outside any class folder)."""
+    classes, entries, loose = [], [], []
+    for child in sorted(folder.iterdir()):
+        if child.name.startswith("."):
+            continue
+        if child.is_dir():
+            classes.append(child.name)
+            entries += [(name, child.name) for name in _scan(child, root)]
+        else:
+            loose.append((child.relative_to(root).as_posix(), "not inside a class folder"))
+    return classes, entries, loose
+
+
+def _decode(path: Path, size: int) -> np.ndarray | str:
+    """The image at `path` as (size, size) grey or (size, size, 3) RGB uint8, or why it cannot be read."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            # JPEG decoders can scale down by up to 8x while decoding: much faster on photos.
+            image.draft(image.mode, (size, size))
+            image = ImageOps.exif_transpose(image)
+            image = image.convert("L" if image.mode in GREY_MODES else "RGB")
+            return np.asarray(ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC))
+    except UnidentifiedImageError:
+        return "not an image"
+    except Exception as error:  # PIL's plugins raise many types (OSError, SyntaxError, struct.error...) on bad files
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'unreadable'}"[:80]
+
+
+def _cache_dirs(root: Path) -> list[Path]:
+    """Where caches go: the image folder itself, else the user's cache folder (for read-only image folders)."""
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mixmatch"
+    return [root / ".mixmatch-cache", home]
+
+
+def _decode_all(root: Path, names: list[str], size: int) -> tuple[Tensor, list[str], list[tuple[str, str]]]:
+    """(images (N, C, size, size) uint8, the N files they came from, (file, reason) of unreadable files).
+
+    Re-uses a cache keyed on the file names, sizes and modification times, so an unchanged folder is
+    decoded once and later runs never touch PIL.
+    """
+    stats, missing = [], []
+    for name in names:
+        try:
+            info = (root / name).stat()
+            stats.append((name, info.st_size, info.st_mtime_ns))
+        except OSError as error:  # e.g. a broken symbolic link
+            missing.append((name, error.strerror or "cannot read"))
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, size, stats]).encode()).hexdigest()[:16]
+    prefix = f"images-{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]}-{size}px"
+    for folder in _cache_dirs(root):
+        cached = folder / f"{prefix}-{key}.pt"
+        if cached.is_file():
+            try:
+                record = torch.load(cached, weights_only=True)
+                return record["images"], record["files"], missing + [(name, why) for name, why in record["bad"]]
+            except Exception as error:  # a damaged or foreign file: decode again and overwrite it
+                log.warning(f"mixmatch: ignoring the unreadable cache {cached} ({type(error).__name__})")
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:  # PIL releases the GIL while decoding
+        decoded = list(pool.map(lambda stat: _decode(root / stat[0], size), stats))
+    good = [(name, array) for (name, _, _), array in zip(stats, decoded, strict=True) if isinstance(array, np.ndarray)]
+    bad = [(name, why) for (name, _, _), why in zip(stats, decoded, strict=True) if isinstance(why, str)]
+    colour = any(array.ndim == 3 for _, array in good)
+    arrays = [np.repeat(a[..., None], 3, 2) if colour and a.ndim == 2 else a for _, a in good]
+    if not arrays:
+        images = torch.zeros((0, 1, size, size), dtype=torch.uint8)
+    elif colour:
+        images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    else:
+        images = torch.from_numpy(np.stack(arrays))[:, None].contiguous()
+    files = [name for name, _ in good]
+    _write_cache({"images": images, "files": files, "bad": [list(pair) for pair in bad]}, prefix, key, root)
+    return images, files, missing + bad
+
+
+def _write_cache(record: dict, prefix: str, key: str, root: Path) -> None:
+    for folder in _cache_dirs(root):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            partial = folder / f".{prefix}-{key}.{os.getpid()}.tmp"
+            torch.save(record, partial)
+            os.replace(partial, folder / f"{prefix}-{key}.pt")  # atomic: a concurrent run never reads half a file
+        except OSError:
+            continue
+        for stale in folder.glob(f"{prefix}-*.pt"):
+            if stale.name != f"{prefix}-{key}.pt":
+                stale.unlink(missing_ok=True)
+        return
+    log.warning(f"mixmatch: could not write an image cache in {' or '.join(map(str, _cache_dirs(root)))}")
+
+
+def _report_bad(bad: list[tuple[str, str]], root: Path, strict: bool) -> None:
+    if not bad:
+        return
+    shown = ", ".join(f"{name} ({reason})" for name, reason in bad[:3]) + (", ..." if len(bad) > 3 else "")
+    if strict:
+        raise DataError(
+            f"{len(bad)} file(s) in {root} are not readable images: {shown}; remove them, or drop --strict-images "
+            f"to skip them"
+        )
+    log.warning(f"mixmatch: skipped {len(bad)} file(s) in {root} that are not readable images: {shown}")
+
+
+def load_image_folder(
+    data_dir: str | Path,
+    labels_csv: str | Path | None = None,
+    test_csv: str | Path | None = None,
+    image_size: int = 32,
+    strict: bool = False,
+) -> ImageDataset:
+    """Your images as an ImageDataset named 'folder' (layouts in the module docstring).
+
+    train: the labelled images (their file names in `files`); extra_unlabeled: the unlabelled ones; test:
+    ROOT/test or --test-csv, else empty (the caller holds out a --val-fraction). Class folders and CSV labels
+    without a single readable image are left out of the classes, with a warning.
+    """
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise DataError(f"--data-dir {root} is not a folder")
+    if image_size < 4:
+        raise DataError(f"--image-size must be at least 4, got {image_size}")
+    bad: list[tuple[str, str]] = []
+    if labels_csv is not None:
+        labelled = _read_csv(Path(labels_csv), root)
+        folder_classes = sorted({c for _, c in labelled}, key=_natural_key)
+        unlabelled = _scan(root, root)
+    else:
+        if not (root / "labeled").is_dir():
+            raise DataError(
+                f"{root} has no labeled/ folder: put images in ROOT/labeled/<class>/ (and ROOT/unlabeled/, "
+                f"ROOT/test/<class>/), or name a CSV of labels with --labels-csv"
+            )
+        folder_classes, labelled, loose = _class_folders(root / "labeled", root)
+        bad += loose
+        unlabelled = _scan(root / "unlabeled", root) if (root / "unlabeled").is_dir() else []
+    test: list[tuple[str, str]] = []
+    if test_csv is not None:
+        test = _read_csv(Path(test_csv), root)
+    elif labels_csv is None and (root / "test").is_dir():
+        _, test, loose = _class_folders(root / "test", root)
+        bad += loose
+    overlap = {name for name, _ in labelled} & {name for name, _ in test}
+    if overlap:
+        raise DataError(f"{len(overlap)} images are both labelled and test images: {', '.join(sorted(overlap)[:3])}")
+    named = {name for name, _ in labelled + test}
+    csv_files = {Path(p).resolve() for p in (labels_csv, test_csv) if p is not None}
+    unlabelled = [n for n in unlabelled if n not in named and (root / n).resolve() not in csv_files]
+    absent = {name for name in named if not (root / name).is_file()}  # only a CSV can name a file that is not there
+    bad += [(name, "named in the CSV, not found") for name in sorted(absent)]
+    labelled = [(n, c) for n, c in labelled if n not in absent]
+    test = [(n, c) for n, c in test if n not in absent]
+
+    images, files, unreadable = _decode_all(root, sorted({n for n, _ in labelled + test} | set(unlabelled)), image_size)
+    _report_bad(bad + unreadable, root, strict)
+    row = {name: i for i, name in enumerate(files)}
+    labelled = [(n, c) for n, c in labelled if n in row]
+    test = [(n, c) for n, c in test if n in row]
+    present = {c for _, c in labelled}
+    classes = [c for c in folder_classes if c in present]
+    if len(classes) < len(folder_classes):
+        empty = [c for c in folder_classes if c not in present]
+        log.warning(f"mixmatch: classes with no readable labelled image, left out: {', '.join(empty)}")
+    if len(classes) < 2:
+        raise DataError(f"{root} has {len(classes)} classes with readable labelled images; it takes at least 2")
+    unknown = sorted({c for _, c in test} - present, key=_natural_key)
+    if unknown:
+        raise DataError(f"the test images of {root} have classes the labelled images lack: {', '.join(unknown)}")
+
+    index = {c: i for i, c in enumerate(classes)}
+
+    def pick(entries: list[tuple[str, str]]) -> tuple[Tensor, Tensor]:
+        rows = torch.as_tensor([row[n] for n, _ in entries], dtype=torch.int64)
+        return images[rows], torch.as_tensor([index[c] for _, c in entries], dtype=torch.int64)
+
+    train_x, train_y = pick(labelled)
+    test_x, test_y = pick(test)
+    pool = [row[n] for n in unlabelled if n in row]
+    return ImageDataset(
+        "folder",
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        classes,
+        images[torch.as_tensor(pool, dtype=torch.int64)] if pool else None,
+        files=[n for n, _ in labelled],
+    )

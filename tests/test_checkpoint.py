@@ -1,0 +1,270 @@
+"""Checkpoints: exact resume after SIGKILL, SIGTERM/SIGINT stops, refusal of bad files, NaN handling."""
+
+import json
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from mixmatch import checkpoint as C
+from mixmatch.cli import main
+from mixmatch.config import TrainConfig
+from mixmatch.data import ImageDataset, load_dataset
+from mixmatch.train import Trainer, TrainingDiverged, TrainingInterrupted
+
+# Bit-exact runs on CPU need the same kernels and reduction order in the killed, the resumed and the
+# uninterrupted process: one intra-op thread everywhere (also faster on two shared cores), fp32 (no bf16
+# autocast, which depends on the CPU), contiguous memory format, and deterministic algorithms.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+EXACT = ["--amp", "off", "--channels-last", "off", "--deterministic", "--no-progress"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """On two cores shared with other processes, one intra-op thread trains several times faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mixmatch", *args]
+
+
+def wait_for(condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the training process did not get there in time")
+        time.sleep(0.01)
+
+
+def records(run: pathlib.Path) -> list[dict]:
+    """metrics.jsonl without the wall-clock times, which differ between runs."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in rows]
+
+
+def test_sigkill_then_resume_gives_bit_identical_weights(tmp_path):
+    args = ["train", "--steps", "160", "--batch-size", "16", "--log-every", "20", "--eval-every", "80"]
+    args += ["--checkpoint-every", "40", "--keep-checkpoints", "2", *EXACT]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    uninterrupted = subprocess.Popen(cli(*args, "--out", str(full)), env=ENV, stdout=subprocess.DEVNULL)
+    killed = subprocess.Popen(cli(*args, "--out", str(cut)), env=ENV, stdout=subprocess.DEVNULL)
+    wait_for(lambda: C.checkpoints(cut) or killed.poll() is not None)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL
+    assert not (cut / "summary.json").exists(), "the run finished before the kill; make it longer"
+    killed_at = int(C.checkpoints(cut)[-1].stem.split("-")[1])
+
+    resumed = subprocess.run(cli("train", "--resume", str(cut), "--no-progress"), env=ENV, capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert uninterrupted.wait() == 0
+
+    a, b = C.safe_load(C.latest_checkpoint(full)), C.safe_load(C.latest_checkpoint(cut))
+    assert a["step"] == b["step"] == 160 and killed_at < 160
+    for part in ("model", "ema"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resume at step {killed_at}"
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
+    # metrics.jsonl was appended to (records up to the checkpoint kept, later ones written again once)
+    assert records(full) == records(cut)
+    summary = json.loads(resumed.stdout)
+    assert summary == json.loads((cut / "summary.json").read_text()) and summary["steps"] == 160
+    assert summary["test_accuracy"] == json.loads((full / "summary.json").read_text())["test_accuracy"]
+
+
+def test_sigterm_saves_a_checkpoint_and_says_where(tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--steps", "100000", "--batch-size", "16", "--log-every", "10", "--checkpoint-every", "0"]
+    process = subprocess.Popen(
+        cli(*args, *EXACT, "--out", str(run)), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    metrics = run / "metrics.jsonl"
+    wait_for(lambda: (metrics.is_file() and metrics.stat().st_size > 0) or process.poll() is not None)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("mixmatch: stopped by SIGTERM at step "), stderr
+    saved = pathlib.Path(line.split("checkpoint saved to ")[1].split(";")[0])
+    assert saved.is_file() and C.checkpoints(run) == [saved]
+    step = int(line.split("at step ")[1].split(";")[0])
+    assert C.safe_load(saved)["step"] == step > 0
+    assert f"mixmatch train --resume {run}" in line
+    assert not (run / "summary.json").exists()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def config(tmp_path, **overrides) -> TrainConfig:
+    values = dict(steps=20, batch_size=16, eval_every=10, log_every=5, progress=False, amp="off")
+    values.update(out=str(tmp_path / "run"), **overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, digits) -> pathlib.Path:
+    tmp_path = tmp_path_factory.mktemp("finished")
+    Trainer(config(tmp_path, checkpoint_every=10, keep_checkpoints=5), digits).fit()
+    return tmp_path / "run"
+
+
+def test_checkpoints_are_kept_and_rotated(tmp_path, digits):
+    Trainer(config(tmp_path, checkpoint_every=4, keep_checkpoints=2), digits).fit()
+    names = [p.name for p in C.checkpoints(tmp_path / "run")]
+    assert names == ["step-00000016.pt", "step-00000020.pt"]
+    assert not list((tmp_path / "run" / "checkpoints").glob(".*")), "no temporary files left behind"
+    # A fresh run in the same folder starts without the earlier run's checkpoints.
+    Trainer(config(tmp_path, steps=8, checkpoint_every=4, keep_checkpoints=2), digits).fit()
+    assert [p.name for p in C.checkpoints(tmp_path / "run")] == ["step-00000004.pt", "step-00000008.pt"]
+
+
+def test_sigint_stops_at_the_step_with_a_checkpoint(tmp_path, digits):
+    trainer = Trainer(config(tmp_path, checkpoint_every=0), digits)
+    step = trainer.train_step
+
+    def interrupted_step():
+        if trainer.step == 7:
+            signal.raise_signal(signal.SIGINT)
+        return step()
+
+    trainer.train_step = interrupted_step
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGINT at step 8") as stop:
+        trainer.fit()
+    assert stop.value.signum == signal.SIGINT
+    assert [p.name for p in C.checkpoints(tmp_path / "run")] == ["step-00000008.pt"]
+    assert signal.getsignal(signal.SIGINT) is handler, "the previous handler is back"
+
+
+def test_nan_stops_naming_the_step_and_the_last_checkpoint(tmp_path, digits, monkeypatch):
+    trainer = Trainer(config(tmp_path, checkpoint_every=5, log_every=10), digits)
+    monkeypatch.setattr(trainer, "lambda_u", lambda: float("nan") if trainer.step >= 10 else 1.0)
+    # The loss turns NaN in step 11; the checkpoint of step 15 comes before the log record of step 20.
+    with pytest.raises(TrainingDiverged, match=r"at step 15.*the last checkpoint is .*step-00000010\.pt"):
+        trainer.fit()
+    assert [p.name for p in C.checkpoints(tmp_path / "run")] == ["step-00000005.pt", "step-00000010.pt"]
+    for path in C.checkpoints(tmp_path / "run"):
+        assert C.all_finite(C.safe_load(path)["model"].values())
+
+
+def test_resume_drops_metrics_written_after_the_checkpoint(tmp_path, digits):
+    run = tmp_path / "run"
+    Trainer(config(tmp_path, checkpoint_every=10, keep_checkpoints=5), digits).fit()
+    before = records(run)
+    # As if killed after the records of step 20 but before its checkpoint.
+    C.latest_checkpoint(run).unlink()
+    resumed = Trainer(config(tmp_path, checkpoint_every=10, keep_checkpoints=5), digits)
+    assert resumed.resume().name == "step-00000010.pt" and resumed.step == 10
+    resumed.fit()
+    assert [r["step"] for r in records(run)] == [5, 10, 10, 15, 20, 20]
+    assert records(run) == before
+
+
+def cli_error(capsys, *argv: str) -> str:
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mixmatch: error: "), err
+    return err[0]
+
+
+def test_truncated_checkpoint_is_one_line(finished_run, tmp_path, capsys):
+    run = tmp_path / "copy"
+    run.mkdir()
+    (run / "config.json").write_text((finished_run / "config.json").read_text())
+    (run / "checkpoints").mkdir()
+    data = C.latest_checkpoint(finished_run).read_bytes()
+    (run / "checkpoints" / "step-00000020.pt").write_bytes(data[: len(data) // 2])
+    assert "is truncated or not a checkpoint" in cli_error(capsys, "train", "--resume", str(run))
+
+
+def test_pickle_with_code_is_refused(finished_run, tmp_path, capsys):
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (pathlib.Path.touch, (marker,))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": C.FORMAT, "model": Payload()}, path)
+    with pytest.raises(C.CheckpointError, match="refused to load checkpoint .*objects other than tensors"):
+        C.safe_load(path)
+    assert not marker.exists()
+
+
+def test_checkpoint_of_another_architecture_is_refused(finished_run, digits, tmp_path):
+    trainer = Trainer(config(tmp_path, arch="wrn28_2"), digits)
+    path = C.latest_checkpoint(finished_run)
+    message = "holds a cnn for 10 classes of 1x8x8 images; this run builds a wrn28_2 for 10 classes"
+    with pytest.raises(C.CheckpointError, match=message):
+        trainer.load_state_dict(C.safe_load(path), path)
+
+
+def test_checkpoint_of_another_class_count_is_refused(finished_run, digits, tmp_path):
+    keep_train, keep_test = digits.train_labels < 5, digits.test_labels < 5
+    five = ImageDataset(
+        "digits",
+        digits.train_images[keep_train],
+        digits.train_labels[keep_train],
+        digits.test_images[keep_test],
+        digits.test_labels[keep_test],
+        digits.classes[:5],
+    )
+    trainer = Trainer(config(tmp_path, num_labels=25), five)
+    path = C.latest_checkpoint(finished_run)
+    with pytest.raises(C.CheckpointError, match="holds a cnn for 10 classes .* builds a cnn for 5 classes"):
+        trainer.load_state_dict(C.safe_load(path), path)
+
+
+def test_foreign_and_missing_files_are_one_line(finished_run, tmp_path, capsys):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(C.CheckpointError, match="is not a mixmatch checkpoint"):
+        C.safe_load(tmp_path / "foreign.pt")
+    assert "is not a run folder" in cli_error(capsys, "train", "--resume", str(tmp_path / "nothing"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text((finished_run / "config.json").read_text())
+    assert "has no checkpoint" in cli_error(capsys, "train", "--resume", str(empty))
+    message = cli_error(capsys, "train", "--resume", str(finished_run), "--steps", "50", "--lr", "0.1")
+    assert "with its own config.json; drop --steps, --lr" in message
+
+
+def test_rng_state_round_trips():
+    state = C.rng_state()
+    expected = (torch.rand(3), np.random.rand(3).tolist(), random.random())
+    C.set_rng_state(state)
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.random.rand(3).tolist() == expected[1]
+    assert random.random() == expected[2]
+
+
+def test_tensorboard_gets_the_jsonl_scalars(tmp_path, digits):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    Trainer(config(tmp_path, tensorboard=True), digits).fit()
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert {"loss", "loss_u", "test_accuracy"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("loss")] == [5, 10, 15, 20]
+
+
+def test_tensorboard_flag_without_the_package_is_refused(tmp_path, digits, monkeypatch):
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(ValueError, match="--tensorboard needs the tensorboard package"):
+        Trainer(config(tmp_path, tensorboard=True), digits)

@@ -1,0 +1,144 @@
+"""export, predict and evaluate: the EMA weights outside their run, and their bad inputs."""
+
+import csv
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from mixmatch import checkpoint as C
+from mixmatch import export as E
+from mixmatch.cli import main
+from mixmatch.config import TrainConfig
+from mixmatch.data import load_dataset
+from mixmatch.train import Trainer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """On two cores shared with other processes, one intra-op thread trains several times faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, digits):
+    """A short run (fp32, so that the trainer's evaluation and `evaluate` agree exactly) and its export."""
+    run = tmp_path_factory.mktemp("export") / "run"
+    config = TrainConfig(steps=120, batch_size=32, eval_every=120, progress=False, amp="off", out=str(run))
+    trainer = Trainer(config, digits)
+    summary = trainer.fit()
+    assert main(["export", str(run)]) == 0
+    return trainer, summary, run
+
+
+def test_export_writes_ema_weights_and_what_rebuilds_the_model(trained):
+    trainer, _, run = trained
+    weights = load_file(str(run / "model.safetensors"))
+    ema = trainer.ema.module.state_dict()
+    assert weights.keys() == ema.keys()
+    assert all(torch.equal(weights[k], ema[k]) for k in ema)
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["arch"] == "cnn" and meta["num_classes"] == 10 and meta["classes"] == [str(i) for i in range(10)]
+    assert (meta["in_channels"], meta["image_size"], meta["step"]) == (1, 8, 120)
+    assert meta["mean"] == pytest.approx(trainer.augment.mean.tolist())
+    assert meta["std"] == pytest.approx(trainer.augment.std.tolist())
+
+
+def test_evaluate_matches_the_trainer_and_draws_the_confusion_matrix(trained, capsys, tmp_path):
+    _, summary, run = trained
+    png = tmp_path / "confusion.png"
+    assert main(["evaluate", "--model", str(run / "model.safetensors"), "--dataset", "digits", "--out", str(png)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["accuracy"] == summary["test_accuracy"] and result["images"] == 500
+    assert png.stat().st_size > 10_000
+    matrix = E.evaluate(run, "digits", out=png)["confusion"]
+    assert sum(map(sum, matrix)) == 500 and sum(matrix[i][i] for i in range(10)) == round(500 * result["accuracy"])
+
+
+def test_predict_reads_files_and_folders(trained, digits, capsys, tmp_path):
+    trainer, _, run = trained
+    folder = tmp_path / "images"
+    (folder / "nested").mkdir(parents=True)
+    images = digits.test_images[:6]
+    paths = []
+    for i, image in enumerate(images):
+        path = folder / ("nested" if i % 2 else "") / f"digit{i}.png"
+        Image.fromarray(image[0].numpy(), mode="L").save(path)
+        paths.append(path)
+    (folder / "notes.txt").write_text("not an image, and skipped inside a folder")
+    # An RGB image of another size is converted to the model's one channel and resized to 8x8.
+    big = tmp_path / "big.jpg"
+    Image.fromarray(images[0, 0].numpy(), mode="L").resize((32, 32)).convert("RGB").save(big)
+
+    assert main(["predict", "--model", str(run), str(folder), str(big)]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [line[0] for line in lines] == sorted(map(str, paths)) + [str(big)]
+
+    model = trainer.eval_model.eval()
+    with torch.no_grad():
+        expected = torch.softmax(model(trainer.augment.plain(images)), -1).max(-1)
+    by_path = {line[0]: (line[1], float(line[2])) for line in lines}
+    for path, label, confidence in zip(paths, expected.indices.tolist(), expected.values.tolist(), strict=True):
+        assert by_path[str(path)][0] == str(label)
+        assert by_path[str(path)][1] == pytest.approx(confidence, abs=1e-4)
+    assert 0 < by_path[str(big)][1] <= 1
+
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", "--model", str(run / "model.safetensors"), *map(str, paths), "--csv", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["path"] for r in rows] == list(map(str, paths))
+    assert [r["class"] for r in rows] == [by_path[str(p)][0] for p in paths]
+
+
+def one_error_line(capsys, *argv: str) -> str:
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mixmatch: error: "), err
+    return err[0]
+
+
+def test_bad_inputs_are_one_line(trained, capsys, tmp_path):
+    _, _, run = trained
+    model = str(run / "model.safetensors")
+    missing = one_error_line(capsys, "predict", "--model", str(tmp_path / "none.safetensors"), str(tmp_path))
+    assert "none.safetensors does not exist (write one with `mixmatch export RUN_DIR`)" in missing
+    text = tmp_path / "scan.png"
+    text.write_text("this is not a picture")
+    assert f"{text} is not an image file that PIL can read" in one_error_line(
+        capsys, "predict", "--model", model, str(text)
+    )
+    assert "does not exist" in one_error_line(capsys, "predict", "--model", model, str(tmp_path / "nope.png"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no image files in" in one_error_line(capsys, "predict", "--model", model, str(empty))
+    assert "has no checkpoint" in one_error_line(capsys, "export", str(tmp_path))
+
+
+def test_damaged_model_files_are_one_line(trained, capsys, tmp_path):
+    _, _, run = trained
+    broken = tmp_path / "model.safetensors"
+    data = (run / "model.safetensors").read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    assert "model.json is missing or not JSON" in one_error_line(
+        capsys, "evaluate", "--model", str(broken), "--dataset", "digits"
+    )
+    meta = json.loads((run / "model.json").read_text())
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    assert "is truncated or not safetensors" in one_error_line(capsys, "predict", "--model", str(broken), str(broken))
+    broken.write_bytes(data)
+    (tmp_path / "model.json").write_text(json.dumps({**meta, "image_size": 16}))
+    message = one_error_line(capsys, "predict", "--model", str(broken), str(broken))
+    assert "does not fit a cnn for 10 classes of 1x16x16 images" in message
+    (tmp_path / "model.json").write_text(json.dumps({**meta, "num_classes": 3}))
+    with pytest.raises(C.CheckpointError, match="does not fit a cnn for 3 classes"):
+        E.load_model(broken)

@@ -1,0 +1,327 @@
+"""Image folders: both layouts, bad files, the cache, splits by file name, and training through the CLI."""
+
+import json
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mixmatch import folder as folder_module
+from mixmatch.cli import main
+from mixmatch.config import TrainConfig
+from mixmatch.data import DataError, choose_split, load_dataset, load_for_config, read_split, save_split
+from mixmatch.folder import load_image_folder
+
+
+def digit_images(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits as uint8 images, needing no file."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return np.round(digits.images[:count] * (255 / 16)).astype(np.uint8), digits.target[:count]
+
+
+def save_png(path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def class_folders(root, images, labels, classes, n_labeled: int, n_test: int) -> None:
+    """ROOT/labeled/<class>/, ROOT/test/<class>/ and ROOT/unlabeled/ (nested) from image arrays."""
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        if i < n_labeled:
+            path = root / "labeled" / classes[label] / f"{i}.png"
+        elif i < n_labeled + n_test:
+            path = root / "test" / classes[label] / f"{i}.png"
+        else:
+            path = root / "unlabeled" / f"part{i % 3}" / "deeper" / f"{i}.png"
+        save_png(path, image)
+
+
+def flat_folder_with_csv(root, images, labels, classes, n_labeled: int, n_test: int) -> None:
+    """ROOT/images/*.png, ROOT/labels.csv (with a header) and, for n_test > 0, ROOT/test.csv (without)."""
+    rows = ["file,label"]
+    test_rows = []
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        save_png(root / "images" / f"{i:04d}.png", image)
+        if i < n_labeled:
+            rows.append(f"images/{i:04d}.png,{classes[label]}")
+        elif i < n_labeled + n_test:
+            test_rows.append(f"images/{i:04d}.png,{classes[label]}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    if test_rows:
+        (root / "test.csv").write_text("\n".join(test_rows) + "\n")
+
+
+@pytest.fixture
+def digit_folder(tmp_path):
+    images, labels = digit_images(120)
+    class_folders(tmp_path, images, labels, [f"digit{c}" for c in range(10)], n_labeled=50, n_test=30)
+    return tmp_path
+
+
+# ---- layout 1: class folders ----------------------------------------------------------------------------------
+
+
+def test_class_folders_load_as_uint8_tensors(digit_folder):
+    data = load_image_folder(digit_folder, image_size=16)
+    assert data.name == "folder" and data.classes == [f"digit{c}" for c in range(10)]
+    assert data.train_images.shape == (50, 1, 16, 16) and data.train_images.dtype == torch.uint8
+    assert data.test_images.shape == (30, 1, 16, 16) and data.extra_unlabeled.shape == (40, 1, 16, 16)
+    _, labels = digit_images(50)
+    assert sorted(data.train_labels.tolist()) == sorted(labels.tolist())
+    assert data.files[0] == "labeled/digit0/0.png" and len(data.files) == 50
+    # The image of a file is that file, scaled: 8x8 upscaled to 16x16 keeps its mean brightness.
+    first = np.asarray(Image.open(digit_folder / data.files[0]), dtype=np.float64)
+    assert abs(data.train_images[0].double().mean().item() - first.mean()) < 3
+
+
+def test_corrupt_and_non_image_files_are_reported_and_skipped(digit_folder, caplog):
+    (digit_folder / "labeled" / "digit3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (digit_folder / "unlabeled" / "notes.txt").write_text("not an image")
+    (digit_folder / "labeled" / "stray.png").write_bytes(b"")
+    with caplog.at_level(logging.WARNING):
+        data = load_image_folder(digit_folder, image_size=8)
+    assert data.train_images.shape[0] == 50 and data.extra_unlabeled.shape[0] == 40
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert "skipped 3 file(s)" in message and "labeled/digit3/broken.png" in message
+    assert "labeled/stray.png (not inside a class folder)" in message
+    with pytest.raises(DataError, match=r"3 file\(s\) in .* are not readable images: .*digit3/broken.png \(not an"):
+        load_image_folder(digit_folder, image_size=8, strict=True)
+
+
+def test_empty_class_folder_is_left_out(digit_folder, caplog):
+    (digit_folder / "labeled" / "aaa-empty").mkdir()
+    (digit_folder / "labeled" / "zzz-only-broken").mkdir()
+    (digit_folder / "labeled" / "zzz-only-broken" / "x.jpg").write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING):
+        data = load_image_folder(digit_folder, image_size=8)
+    assert data.classes == [f"digit{c}" for c in range(10)]
+    assert "left out: aaa-empty, zzz-only-broken" in caplog.text
+
+
+def test_grey_and_colour_images_of_any_size_become_one_rgb_tensor(tmp_path):
+    images, labels = digit_images(20)
+    class_folders(tmp_path, images, labels, [str(c) for c in range(10)], n_labeled=20, n_test=0)
+    red = np.zeros((30, 50, 3), dtype=np.uint8)
+    red[..., 0] = 200
+    save_png(tmp_path / "labeled" / "3" / "wide-red.png", red)
+    Image.fromarray(images[0]).convert("P").save(tmp_path / "labeled" / "4" / "palette.gif")
+    Image.fromarray(np.stack([images[1]] * 3, -1)).save(tmp_path / "labeled" / "5" / "photo.jpg", quality=95)
+    data = load_image_folder(tmp_path, image_size=12)
+    assert data.train_images.shape == (23, 3, 12, 12)
+    grey = data.train_images[data.files.index("labeled/0/0.png")]
+    assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])  # grey repeated over R, G, B
+    wide = data.train_images[data.files.index("labeled/3/wide-red.png")]
+    assert wide[0].float().mean() == pytest.approx(200, abs=1) and wide[1:].max() == 0
+
+
+def test_test_folder_with_an_unknown_class_is_refused(digit_folder):
+    save_png(digit_folder / "test" / "cat" / "0.png", np.zeros((8, 8), dtype=np.uint8))
+    with pytest.raises(DataError, match="test images of .* have classes the labelled images lack: cat"):
+        load_image_folder(digit_folder, image_size=8)
+
+
+def test_missing_labeled_folder_is_one_line(tmp_path):
+    with pytest.raises(DataError, match="has no labeled/ folder: put images in ROOT/labeled/<class>/"):
+        load_image_folder(tmp_path)
+    with pytest.raises(DataError, match="needs --data-dir"):
+        load_dataset("folder")
+
+
+# ---- layout 2: a flat folder and a CSV -----------------------------------------------------------------------
+
+
+def test_csv_layout_every_unnamed_image_is_unlabelled(tmp_path):
+    images, labels = digit_images(100)
+    flat_folder_with_csv(tmp_path, images, labels, [f"n{c}" for c in range(10)], n_labeled=40, n_test=20)
+    data = load_image_folder(tmp_path, labels_csv=tmp_path / "labels.csv", test_csv=tmp_path / "test.csv")
+    assert (data.train_images.shape[0], data.test_images.shape[0], data.extra_unlabeled.shape[0]) == (40, 20, 40)
+    assert data.classes == [f"n{c}" for c in range(10)] and data.shape == (1, 32, 32)
+    assert data.files[:2] == ["images/0000.png", "images/0001.png"]
+    assert data.train_labels[:3].tolist() == labels[:3].tolist()
+
+
+def test_numeric_labels_keep_numeric_order(tmp_path):
+    images, _ = digit_images(12)
+    for i, image in enumerate(images):
+        save_png(tmp_path / f"{i}.png", image)
+    (tmp_path / "labels.csv").write_text("".join(f"{i}.png,{[2, 10, 1][i % 3]}\n" for i in range(12)))
+    assert load_image_folder(tmp_path, labels_csv=tmp_path / "labels.csv").classes == ["1", "2", "10"]
+
+
+def test_csv_naming_missing_files_skips_them_or_refuses(tmp_path, caplog):
+    images, labels = digit_images(30)
+    flat_folder_with_csv(tmp_path, images, labels, [str(c) for c in range(10)], n_labeled=20, n_test=0)
+    with (tmp_path / "labels.csv").open("a") as csv:
+        csv.write("images/gone.png,3\nimages/also-gone.png,ghost\n")
+    with caplog.at_level(logging.WARNING):
+        data = load_image_folder(tmp_path, labels_csv=tmp_path / "labels.csv")
+    assert data.train_images.shape[0] == 20 and "ghost" not in data.classes
+    assert "images/also-gone.png (named in the CSV, not found)" in caplog.text and "left out: ghost" in caplog.text
+    with pytest.raises(DataError, match="2 file"):
+        load_image_folder(tmp_path, labels_csv=tmp_path / "labels.csv", strict=True)
+
+
+@pytest.mark.parametrize(
+    ("labels_rows", "test_rows", "message"),
+    [
+        ("a.png,1\nb.png\n", None, r"row 2 is 'b.png', not `file,label`"),
+        ("a.png,1\na.png,2\n", None, "gives a.png two labels, '1' and '2'"),
+        ("file,label\n", None, "names no images"),
+        ("a.png,1\nb.png,2\n", "a.png,1\n", "1 images are both labelled and test images: a.png"),
+        ("a.png,1\nb.png,2\n", "c.png,7\n", "have classes the labelled images lack: 7"),
+    ],
+)
+def test_bad_csvs_are_refused_in_one_line(tmp_path, labels_rows, test_rows, message):
+    for name in ("a.png", "b.png", "c.png"):
+        save_png(tmp_path / name, np.zeros((4, 4), dtype=np.uint8))
+    (tmp_path / "labels.csv").write_text(labels_rows)
+    test_csv = None
+    if test_rows is not None:
+        test_csv = tmp_path / "test.csv"
+        test_csv.write_text(test_rows)
+    with pytest.raises(DataError, match=message):
+        load_image_folder(tmp_path, labels_csv=tmp_path / "labels.csv", test_csv=test_csv)
+
+
+# ---- the cache --------------------------------------------------------------------------------------------------
+
+
+def test_cache_is_reused_until_the_folder_changes(digit_folder, monkeypatch):
+    first = load_image_folder(digit_folder, image_size=8)
+    assert len(list((digit_folder / ".mixmatch-cache").glob("*.pt"))) == 1
+
+    def no_pil(*args):
+        raise AssertionError("decoded again although the folder did not change")
+
+    monkeypatch.setattr(folder_module, "_decode", no_pil)
+    again = load_image_folder(digit_folder, image_size=8)
+    assert torch.equal(first.train_images, again.train_images) and again.files == first.files
+    monkeypatch.undo()
+
+    save_png(digit_folder / "unlabeled" / "new.png", np.full((8, 8), 7, dtype=np.uint8))
+    changed = load_image_folder(digit_folder, image_size=8)
+    assert changed.extra_unlabeled.shape[0] == first.extra_unlabeled.shape[0] + 1
+    assert len(list((digit_folder / ".mixmatch-cache").glob("*.pt"))) == 1  # the stale cache is gone
+    assert torch.equal(load_image_folder(digit_folder, image_size=8).extra_unlabeled, changed.extra_unlabeled)
+
+
+def test_cache_goes_to_the_user_cache_when_the_folder_is_not_writable(digit_folder, tmp_path, monkeypatch):
+    (digit_folder / ".mixmatch-cache").write_text("a file where the cache folder would go")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    load_image_folder(digit_folder, image_size=8)
+    assert len(list((tmp_path / "xdg" / "mixmatch").glob("images-*-8px-*.pt"))) == 1
+
+
+# ---- splits, hold-out and `data info` ----------------------------------------------------------------------
+
+
+def test_folder_split_file_names_images_and_survives_new_images(digit_folder, tmp_path):
+    data = load_image_folder(digit_folder, image_size=8)
+    split = choose_split(data, 20, seed=1)
+    assert split.shape == (20,)  # 20 of 50 labelled images need not divide into the classes' sizes
+    save_split(tmp_path / "split.json", "folder", split, 1, data)
+    names = json.loads((tmp_path / "split.json").read_text())["files"]
+    assert names == [data.files[i] for i in split.tolist()]
+    save_png(digit_folder / "labeled" / "digit0" / "000-first.png", np.zeros((8, 8), dtype=np.uint8))
+    grown = load_image_folder(digit_folder, image_size=8)
+    assert [grown.files[i] for i in read_split(tmp_path / "split.json", grown).tolist()] == names
+    (digit_folder / names[0]).unlink()
+    with pytest.raises(DataError, match=f"names 1 images that are not labelled training images here, e.g. {names[0]}"):
+        read_split(tmp_path / "split.json", load_image_folder(digit_folder, image_size=8))
+
+
+def test_folder_without_test_split_holds_out_a_tenth(tmp_path):
+    images, labels = digit_images(100)
+    class_folders(tmp_path, images, labels, [str(c) for c in range(10)], n_labeled=100, n_test=0)
+    data = load_for_config(TrainConfig(dataset="folder", data_dir=str(tmp_path), image_size=8))
+    assert data.test_labels.shape[0] == 10 and data.train_labels.shape[0] == 90
+    assert len(data.files) == 90
+    with pytest.raises(DataError, match="has no test images"):
+        load_for_config(TrainConfig(dataset="folder", data_dir=str(tmp_path), val_fraction=0.0))
+    with pytest.raises(DataError, match="for --dataset folder only"):
+        load_for_config(TrainConfig(dataset="digits", labels_csv="x.csv"))
+
+
+def test_data_info_prints_counts_and_the_chosen_subset(digit_folder, capsys, tmp_path):
+    split = tmp_path / "split.json"
+    args = ["data", "info", "folder", "--data-dir", str(digit_folder), "--image-size", "8", "--num-labels", "10"]
+    assert main([*args, "--seed", "3", "--save-split", str(split)]) == 0
+    out = capsys.readouterr().out
+    assert "folder: 50 train and 30 test images of 1x8x8" in out and "40 extra unlabelled images" in out
+    assert "labelled subset (seed 3, 10 labels): files labeled/" in out
+    totals = next(line.split() for line in out.splitlines() if line.startswith("all "))
+    assert totals == ["all", "50", "30", "10"]
+    assert main(["data", "info", "folder", "--data-dir", str(digit_folder), "--labeled-split", str(split)]) == 0
+    assert f"labelled subset (from {split})" in capsys.readouterr().out
+    assert main(["data", "info", "digits", "--labeled-split", str(split)]) == 2
+    assert "is a split of 'folder', not of 'digits'" in capsys.readouterr().err
+
+
+def test_data_info_of_a_registered_data_set(capsys):
+    assert main(["data", "info", "digits", "--num-labels", "20", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("digits: 1297 train and 500 test images of 1x8x8")
+    assert "labelled subset (seed 1, 20 labels): indices " in out
+    assert sum(int(line.split()[-1]) for line in out.splitlines()[2:12]) == 20
+
+
+# ---- training on a folder through the CLI -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["class-folders", "csv"])
+def test_train_a_few_steps_on_a_folder_of_fashion_mnist_pngs(shared_data, tmp_path, layout):
+    fashion = load_dataset("fashion-mnist", str(shared_data))
+    wanted = [0, 1, 8]  # T-shirt/top, Trouser, Bag
+    rows = torch.cat([torch.nonzero(fashion.train_labels == c)[:30, 0] for c in wanted])
+    images = fashion.train_images[rows, 0].numpy()
+    labels = np.array([wanted.index(c) for c in fashion.train_labels[rows].tolist()])
+    order = np.random.default_rng(0).permutation(len(rows))  # mix the classes over labelled/test/unlabelled
+    images, labels = images[order], labels[order]
+    classes = ["T-shirt", "Trouser", "Bag"]
+    root = tmp_path / "images"
+    if layout == "class-folders":
+        class_folders(root, images, labels, classes, n_labeled=30, n_test=15)
+        (root / "labeled" / "Sneaker").mkdir()  # an empty class
+        (root / "unlabeled" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+        extra = []
+    else:
+        flat_folder_with_csv(root, images, labels, classes, n_labeled=30, n_test=15)
+        (root / "images" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+        with (root / "labels.csv").open("a") as csv:
+            csv.write("images/missing.png,Sneaker\n")  # a class whose only file is missing
+        extra = ["--labels-csv", str(root / "labels.csv"), "--test-csv", str(root / "test.csv")]
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "mixmatch", "train", "--dataset", "folder", "--data-dir", str(root), *extra]
+    command += ["--steps", "5", "--eval-every", "5", "--arch", "cnn", "--batch-size", "16", "--no-progress"]
+    result = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "skipped" in result.stderr and "corrupt.png" in result.stderr and "Sneaker" in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["dataset"] == "folder" and summary["num_labels"] == 30 and summary["steps"] == 5
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["files"]) == 30 and split["num_train"] == 30
+    assert json.loads((out / "config.json").read_text())["image_size"] == 32
+    assert list((root / ".mixmatch-cache").glob("*.pt"))
+
+    # The same labelled images, by name, for a second method: in process, from the cache.
+    again = tmp_path / "supervised"
+    args = ["train", "--dataset", "folder", "--data-dir", str(root), *extra, "--method", "supervised", "--steps", "2"]
+    args += ["--arch", "cnn", "--no-progress", "--labeled-split", str(out / "split.json"), "--out", str(again)]
+    assert main(args) == 0
+    assert json.loads((again / "split.json").read_text())["files"] == split["files"]
+
+
+def test_train_on_a_digits_folder_without_shared_data(digit_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "folder", "--data-dir", str(digit_folder), "--image-size", "8", "--arch", "cnn"]
+    args += ["--steps", "3", "--batch-size", "8", "--num-labels", "15", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["num_labels"] == 15 and 0 <= summary["test_accuracy"] <= 1
+    assert len(json.loads((out / "split.json").read_text())["files"]) == 15
