@@ -3,6 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mixmatch.data import ImageDataset, load_dataset
+
 SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
 
 
@@ -17,3 +19,9 @@ def shared_data() -> Path:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def digits() -> ImageDataset:
+    """The embedded digits data set, loaded once for every test module that trains on it."""
+    return load_dataset("digits")

@@ -16,7 +16,7 @@ import torch
 from mixmatch import checkpoint as C
 from mixmatch.cli import main
 from mixmatch.config import TrainConfig
-from mixmatch.data import ImageDataset, load_dataset
+from mixmatch.data import ImageDataset
 from mixmatch.train import Trainer, TrainingDiverged, TrainingInterrupted
 
 # Bit-exact runs on CPU need the same kernels and reduction order in the killed, the resumed and the
@@ -104,11 +104,6 @@ def test_sigterm_saves_a_checkpoint_and_says_where(tmp_path):
     assert C.safe_load(saved)["step"] == step > 0
     assert f"mixmatch train --resume {run}" in line
     assert not (run / "summary.json").exists()
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 def config(tmp_path, **overrides) -> TrainConfig:

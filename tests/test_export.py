@@ -12,7 +12,6 @@ from mixmatch import checkpoint as C
 from mixmatch import export as E
 from mixmatch.cli import main
 from mixmatch.config import TrainConfig
-from mixmatch.data import load_dataset
 from mixmatch.train import Trainer
 
 
@@ -23,11 +22,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 @pytest.fixture(scope="module")

@@ -38,11 +38,6 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
 def split(digits):
     return labeled_split(digits.train_labels, 50, digits.num_classes, seed=0)
 

@@ -6,13 +6,7 @@ import torch
 
 from mixmatch import algorithm as A
 from mixmatch.config import TrainConfig
-from mixmatch.data import load_dataset
 from mixmatch.train import Trainer, TrainingDiverged
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 def config(tmp_path, **overrides) -> TrainConfig:
