@@ -3,7 +3,8 @@
 Both paths run the same WRN-28-2 step (labelled batch B, K x B unlabelled views, augmentation and label
 guessing included, data already resident as uint8) through mixmatch.train.Trainer, in one process,
 alternating rounds so that both see the same machine load. The reference path is what the popular ports
-do: fp32, contiguous tensors, augmentation image by image, the official three interleaved forward passes.
+do: fp32, contiguous tensors, augmentation image by image, the official three interleaved forward passes,
+PyTorch's default Adam (a loop over the parameters on CPU).
 
     python bench/step.py                       # CPU, 10 timed steps each
     python bench/step.py --device cuda --steps 50 --compile
@@ -14,10 +15,11 @@ The last line is `speedup: N.NNx` (reference seconds per step / default seconds 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import platform
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -71,6 +73,7 @@ def make_trainer(path: str, args: argparse.Namespace, data: ImageDataset) -> Tra
     if path == "reference":
         trainer = Trainer(TrainConfig(**common, amp="off", channels_last="off", bn_mode="interleave"), data)
         trainer.augment = PerImageAugmenter(trainer.augment.mean, trainer.augment.std, trainer.augment.pad)
+        trainer.optimizer = torch.optim.Adam(trainer.model.parameters(), lr=trainer.config.lr)  # PyTorch's defaults
         return trainer
     return Trainer(TrainConfig(**common, amp=args.amp, channels_last="auto", bn_mode="concat",
                                compile=args.compile), data)
@@ -92,23 +95,42 @@ def timed_steps(trainer: Trainer, n: int) -> list[float]:
 
 
 def peak_memory_mb(path: str, args: argparse.Namespace) -> float:
-    """Peak memory of steps of one path. CUDA: allocator peak. CPU: growth of the peak RSS of a fresh process."""
+    """Memory a step of one path needs on top of the model, optimiser state and data, in MiB.
+
+    CUDA: the caching allocator's peak during two steps minus what was allocated before them. CPU: the same
+    with the process's resident set, in a fresh process (this one holds both paths): after one warm-up step
+    the freed heap is handed back to the OS (malloc_trim), the kernel's peak-RSS mark is reset
+    (/proc/self/clear_refs), and the peak of two steps is read against the resident set before them.
+    """
     if args.device.startswith("cuda"):
         trainer = make_trainer(path, args, synthetic_cifar())
         timed_steps(trainer, 2)
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         timed_steps(trainer, 2)
-        return torch.cuda.max_memory_allocated() / 2**20
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
     cmd = [sys.executable, __file__, "--rss-of", path, "--device", args.device, "--batch", str(args.batch),
            "--k", str(args.k), "--amp", args.amp] + (["--compile"] if args.compile else [])
-    return float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip())
+    return float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def rss_of(path: str, args: argparse.Namespace) -> None:
+    """Print the MiB of resident memory that two steps of `path` add at their peak (Linux only)."""
     trainer = make_trainer(path, args, synthetic_cifar())
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    timed_steps(trainer, 3)
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+    timed_steps(trainer, 1)
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM, the peak resident set, to the current one
+    before = _status_kib("VmRSS")
+    timed_steps(trainer, 2)
+    print((_status_kib("VmHWM") - before) / 1024)
 
 
 def main() -> None:
@@ -147,8 +169,10 @@ def main() -> None:
         device=str(default.device), cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
         torch=torch.__version__, batch=args.batch, k=args.k, steps_each=len(times["default"]),
         default_path=dict(bf16=default.bf16, channels_last=default.channels_last, bn_mode="concat",
-                          augmentation="batched gather on device", compile=args.compile),
-        reference_path=dict(bf16=False, channels_last=False, bn_mode="interleave", augmentation="per image"),
+                          augmentation="batched gather on device", compile=args.compile,
+                          optimizer="torch.optim.Adam fused"),
+        reference_path=dict(bf16=False, channels_last=False, bn_mode="interleave", augmentation="per image",
+                            optimizer="torch.optim.Adam defaults (a loop over parameters on CPU)"),
     )
     print(f"device {report['device']} ({report['cpu']}, {report['threads']} threads), torch {torch.__version__}")
     print(f"batch {args.batch} labelled + {args.k} x {args.batch} unlabelled, WRN-28-2, {report['steps_each']} "

@@ -156,7 +156,7 @@ def test_lr_find_and_fit_one_cycle(tmp_path, digits, split):
     learn.fit_one_cycle(2, 2e-3)
     assert learn.loss_func is loss_func
     assert learn.mix_match.steps_done == 10 and learn.mix_match.lambda_u_now == pytest.approx(75 * 9 / 10)
-    assert int(learn.ema.ema_model.n_averaged) == 10
+    assert int(learn.ema.ema_model.updates) == 10
     assert len(learn.recorder.values) == 2
     train_loss, valid_loss, acc = learn.recorder.values[-1]
     assert math.isfinite(train_loss) and math.isfinite(valid_loss) and 0 <= acc <= 1
@@ -196,7 +196,7 @@ def test_get_preds_and_predict_use_the_ema_weights_and_leave_the_raw_ones(tmp_pa
     learn = make_learner(tmp_path, digits, split, iters=6, ema_decay=0.9)
     learn.fit(1, 2e-3)
     ema = learn.ema.ema_model
-    assert int(ema.n_averaged) == 6
+    assert int(ema.updates) == 6
     raw = copy.deepcopy(learn.model.state_dict())
 
     preds, targets = learn.get_preds()

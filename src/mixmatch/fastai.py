@@ -49,11 +49,11 @@ from fastai.metrics import accuracy
 from fastai.optimizer import Adam
 from fastai.torch_core import TensorImage
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import algorithm as A
 from .augment import crop_flip
 from .data import ImageDataset
+from .ema import EMA
 from .models import build_model
 
 __all__ = [
@@ -261,10 +261,9 @@ class EMACallback(Callback):
     """Keep an exponential moving average of the weights (and buffers) and validate with it.
 
     The paper evaluates the EMA of the weights (decay 0.999), as the library's Trainer does. After every
-    optimiser step the average is updated (torch.optim.swa_utils.AveragedModel with
-    get_ema_multi_avg_fn(decay) and use_buffers=True, so BatchNorm's running statistics are averaged
-    too, exactly as the Trainer's EMA). Its first update copies the model, so a short run's EMA is still
-    close to the initial weights: decay 0.999 needs a few thousand steps.
+    optimiser step the average is updated (mixmatch.ema.EMA, the Trainer's EMA: BatchNorm's running
+    statistics are averaged too). The average starts from the weights at the first fit, so a short run's
+    EMA is still close to the initial weights: decay 0.999 needs a few thousand steps.
 
     Validation: with `validate_ema` (default) the averaged weights are copied into `learn.model` at
     `before_validate` and the raw weights put back at `after_validate`. That covers the validation of
@@ -282,7 +281,7 @@ class EMACallback(Callback):
         if not 0 <= decay < 1:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
         self.decay, self.validate_ema = decay, validate_ema
-        self.ema_model: AveragedModel | None = None
+        self.ema_model: EMA | None = None
         self._raw: list[Tensor] | None = None  # the raw weights while the EMA ones are swapped in
 
     def reset(self) -> None:
@@ -300,15 +299,13 @@ class EMACallback(Callback):
             self.run = False  # fastai sets it back to True after this fit
             return
         if self.ema_model is None:
-            self.ema_model = AveragedModel(
-                self.learn.model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True
-            )
+            self.ema_model = EMA(self.learn.model, self.decay)
 
     def after_step(self) -> None:
-        self.ema_model.update_parameters(self.learn.model)
+        self.ema_model.update(self.learn.model)
 
     def before_validate(self) -> None:
-        if not self.validate_ema or self.ema_model is None or self.ema_model.n_averaged.item() == 0:
+        if not self.validate_ema or self.ema_model is None or self.ema_model.updates.item() == 0:
             return
         self._swap_back()
         with torch.no_grad():
