@@ -7,7 +7,8 @@ do: fp32, contiguous tensors, augmentation image by image, the official three in
 PyTorch's default Adam (a loop over the parameters on CPU).
 
     python bench/step.py                       # CPU, 10 timed steps each
-    python bench/step.py --device cuda --steps 50 --compile
+    python bench/step.py --device cuda --steps 50
+    python bench/step.py --compile off         # skip compiling (a minute or more on a small CPU)
 
 The last line is `speedup: N.NNx` (reference seconds per step / default seconds per step).
 """
@@ -68,15 +69,18 @@ def synthetic_cifar(n: int = 4096, seed: int = 0) -> ImageDataset:
 
 
 def make_trainer(path: str, args: argparse.Namespace, data: ImageDataset) -> Trainer:
-    common = dict(dataset="cifar10", arch="wrn28_2", num_labels=250, steps=10**9, batch_size=args.batch, k=args.k,
+    """reference, default (the Trainer's defaults for the paper's schedule) or default-eager (no compile)."""
+    common = dict(dataset="cifar10", arch="wrn28_2", num_labels=250, steps=2**20, batch_size=args.batch, k=args.k,
                   device=args.device, progress=False, out="/tmp/mixmatch-bench", seed=0)
     if path == "reference":
-        trainer = Trainer(TrainConfig(**common, amp="off", channels_last="off", bn_mode="interleave"), data)
+        trainer = Trainer(TrainConfig(**common, amp="off", channels_last="off", bn_mode="interleave", compile="off"),
+                          data)
         trainer.augment = PerImageAugmenter(trainer.augment.mean, trainer.augment.std, trainer.augment.pad)
         trainer.optimizer = torch.optim.Adam(trainer.model.parameters(), lr=trainer.config.lr)  # PyTorch's defaults
         return trainer
-    return Trainer(TrainConfig(**common, amp=args.amp, channels_last="auto", bn_mode="concat",
-                               compile=args.compile), data)
+    compile_mode = "off" if path == "default-eager" else args.compile
+    return Trainer(TrainConfig(**common, amp=args.amp, channels_last="auto", bn_mode="concat", compile=compile_mode),
+                   data)
 
 
 def sync(device: torch.device) -> None:
@@ -111,7 +115,7 @@ def peak_memory_mb(path: str, args: argparse.Namespace) -> float:
         timed_steps(trainer, 2)
         return (torch.cuda.max_memory_allocated() - before) / 2**20
     cmd = [sys.executable, __file__, "--rss-of", path, "--device", args.device, "--batch", str(args.batch),
-           "--k", str(args.k), "--amp", args.amp] + (["--compile"] if args.compile else [])
+           "--k", str(args.k), "--amp", args.amp, "--compile", args.compile]
     return float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
 
 
@@ -142,7 +146,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"), help="default path's autocast")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the default path's model")
+    parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+                        help="the default path's --compile (auto compiles: the paper's schedule is long); "
+                        "when it compiles, the eager default path is timed too")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak memory measurement")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--rss-of", default=None, help=argparse.SUPPRESS)
@@ -153,6 +159,8 @@ def main() -> None:
 
     data = synthetic_cifar()
     paths = {name: make_trainer(name, args, data) for name in ("reference", "default")}
+    if paths["default"].compiled:
+        paths["default-eager"] = make_trainer("default-eager", args, data)
     compile_seconds = {}
     for name, trainer in paths.items():
         warm = timed_steps(trainer, args.warmup)
@@ -169,7 +177,7 @@ def main() -> None:
         device=str(default.device), cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
         torch=torch.__version__, batch=args.batch, k=args.k, steps_each=len(times["default"]),
         default_path=dict(bf16=default.bf16, channels_last=default.channels_last, bn_mode="concat",
-                          augmentation="batched gather on device", compile=args.compile,
+                          augmentation="batched gather on device", compile=default.compiled,
                           optimizer="torch.optim.Adam fused"),
         reference_path=dict(bf16=False, channels_last=False, bn_mode="interleave", augmentation="per image",
                             optimizer="torch.optim.Adam defaults (a loop over parameters on CPU)"),
@@ -184,11 +192,16 @@ def main() -> None:
         if not args.no_memory:
             entry["peak_memory_mb"] = peak_memory_mb(name, args)
         report[name] = entry
-        memory = f", peak memory {entry['peak_memory_mb']:.0f} MiB" if "peak_memory_mb" in entry else ""
-        print(f"{name:>9}: {entry['steps_per_second']:.3f} steps/s, {entry['images_per_second']:.0f} images/s "
-              f"(median {median * 1000:.0f} ms/step; first step {compile_seconds[name]:.2f} s){memory}")
+        memory = f", step memory {entry['peak_memory_mb']:.0f} MiB" if "peak_memory_mb" in entry else ""
+        print(f"{name:>13}: {entry['steps_per_second']:.3f} steps/s, {entry['images_per_second']:.0f} images/s "
+              f"(median {median * 1000:.0f} ms/step; first step {compile_seconds[name]:.2f} s with compiling){memory}")
     speedup = statistics.median(times["reference"]) / statistics.median(times["default"])
     report["speedup"] = speedup
+    if "default-eager" in times:
+        report["speedup_without_compile"] = statistics.median(times["reference"]) / statistics.median(
+            times["default-eager"]
+        )
+        print(f"without compile: {report['speedup_without_compile']:.2f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

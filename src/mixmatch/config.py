@@ -74,7 +74,11 @@ class TrainConfig:
     channels_last: str = _opt(
         "auto", "channels_last memory format: auto (with bf16), on or off", choices=("auto", "on", "off")
     )
-    compile: bool = _opt(False, "torch.compile the model (pays on long GPU runs)")
+    compile: str = _opt(
+        "auto",
+        "torch.compile the model: auto (runs of 20000+ steps, where a C++ compiler is present), on or off",
+        choices=("auto", "on", "off"),
+    )
     out: str | None = _opt(None, "run folder (default runs/<dataset>-<method>-<labels>-<seed>)")
     progress: bool = _opt(True, "show a progress bar")
     tag: str | None = _opt(None, "a name for this run's variant, by which `mixmatch report --by tag` groups runs")

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import time
 import warnings
@@ -72,6 +73,41 @@ def use_bf16(amp: str, device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return cpu_has_bf16()
+
+
+# torch.compile costs a minute or more of compiling (71 s for WRN-28-2 on the 2-core CPU of
+# results/perf.md) and saved about 10% of a step there: it pays from a few thousand steps on.
+COMPILE_AUTO_MIN_STEPS = 20_000
+
+
+def use_compile(mode: str, steps: int) -> bool:
+    """auto: compile long runs where inductor has the C++ compiler it needs."""
+    if mode != "auto":
+        return mode == "on"
+    return steps >= COMPILE_AUTO_MIN_STEPS and any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++"))
+
+
+class CompiledOrEager:
+    """torch.compile(module), or the module itself for good once compiling fails.
+
+    A missing compiler or an operation inductor cannot handle should cost speed, not the run: the failure
+    is reported as a warning and the step goes on in eager mode.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.compiled: Any = torch.compile(module)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.compiled is not None:
+            try:
+                return self.compiled(x)
+            except Exception as error:  # noqa: BLE001 (any compiler failure: eager gives the same result)
+                reason = " ".join(str(error).split())[:200]
+                warnings.warn(f"torch.compile failed, going on without it (--compile off hides this): {reason}",
+                              stacklevel=2)
+                self.compiled = None
+        return self.module(x)
 
 
 def seed_everything(seed: int) -> None:
@@ -147,7 +183,8 @@ class Trainer:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         wrapped = self.dist.wrap(self.model)
-        self.forward = torch.compile(wrapped) if cfg.compile else wrapped
+        self.compiled = use_compile(cfg.compile, cfg.steps)
+        self.forward = CompiledOrEager(wrapped) if self.compiled else wrapped
         # One fused kernel for all parameters instead of a loop over them (PyTorch's CPU default).
         fused = self.device.type in ("cpu", "cuda")
         if cfg.optimizer == "adam":
