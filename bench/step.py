@@ -29,6 +29,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from mixmatch.augment import Augmenter
 from mixmatch.config import TrainConfig
 from mixmatch.data import ImageDataset
 from mixmatch.train import Trainer
@@ -38,7 +39,7 @@ class PerImageAugmenter:
     """The reference augmentation: one image at a time, reflect-pad, crop, flip, as a per-image transform does."""
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, pad: int):
-        self.mean, self.std, self.pad = mean.view(-1, 1, 1), std.view(-1, 1, 1), pad
+        self.mean, self.std, self.pad, self.flip = mean.view(-1, 1, 1), std.view(-1, 1, 1), pad, True
 
     def _one(self, image: torch.Tensor) -> torch.Tensor:
         x = image.float().div(255)
@@ -81,6 +82,24 @@ def make_trainer(path: str, args: argparse.Namespace, data: ImageDataset) -> Tra
     compile_mode = "off" if path == "default-eager" else args.compile
     return Trainer(TrainConfig(**common, amp=args.amp, channels_last="auto", bn_mode="concat", compile=compile_mode),
                    data)
+
+
+def loss_on_one_batch(trainer: Trainer, seed: int = 1) -> float:
+    """The MixMatch loss (lambda_u at full weight) of one batch that every path draws alike.
+
+    The reference path's per-image augmentation draws from another generator, so the batched one stands in
+    for it here: the paths then differ only in arithmetic (precision, memory format, compile) and in how
+    BatchNorm batches X' and U' (interleave against concat).
+    """
+    augment, step = trainer.augment, trainer.step
+    trainer.augment = Augmenter(augment.mean.flatten(), augment.std.flatten(), augment.pad, augment.flip,
+                                trainer.channels_last)
+    trainer.step = trainer.config.rampup_steps
+    trainer.model.train()
+    torch.manual_seed(seed)
+    loss = trainer.mixmatch_loss()[0].item()
+    trainer.augment, trainer.step = augment, step
+    return loss
 
 
 def sync(device: torch.device) -> None:
@@ -165,6 +184,8 @@ def main() -> None:
     for name, trainer in paths.items():
         warm = timed_steps(trainer, args.warmup)
         compile_seconds[name] = warm[0]
+    # Measured after the warm-up steps (which moved the weights apart): from equal fresh copies instead.
+    losses = {name: loss_on_one_batch(make_trainer(name, args, data)) for name in paths}
     per_round = max(1, args.steps // args.rounds)
     times: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(args.rounds):
@@ -188,13 +209,15 @@ def main() -> None:
     for name in paths:
         median = statistics.median(times[name])
         entry = dict(seconds_per_step=median, steps_per_second=1 / median, images_per_second=images_per_step / median,
-                     first_step_seconds=compile_seconds[name])
+                     first_step_seconds=compile_seconds[name], loss_on_one_batch=losses[name])
         if not args.no_memory:
             entry["peak_memory_mb"] = peak_memory_mb(name, args)
         report[name] = entry
         memory = f", step memory {entry['peak_memory_mb']:.0f} MiB" if "peak_memory_mb" in entry else ""
         print(f"{name:>13}: {entry['steps_per_second']:.3f} steps/s, {entry['images_per_second']:.0f} images/s "
               f"(median {median * 1000:.0f} ms/step; first step {compile_seconds[name]:.2f} s with compiling){memory}")
+    print("loss on one batch, from equal initial weights: " + ", ".join(
+        f"{name} {loss:.4f} ({100 * (loss / losses['reference'] - 1):+.2f}%)" for name, loss in losses.items()))
     speedup = statistics.median(times["reference"]) / statistics.median(times["default"])
     report["speedup"] = speedup
     if "default-eager" in times:

@@ -25,3 +25,13 @@ def _seed() -> None:
 def digits() -> ImageDataset:
     """The embedded digits data set, loaded once for every test module that trains on it."""
     return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny models: on two cores shared with other processes, two
+    spinning threads per process ran up to ten times slower than one. Restored after the module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

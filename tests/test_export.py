@@ -14,14 +14,7 @@ from mixmatch.cli import main
 from mixmatch.config import TrainConfig
 from mixmatch.train import Trainer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """On two cores shared with other processes, one intra-op thread trains several times faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,15 +26,7 @@ from mixmatch.data import labeled_split, load_dataset  # noqa: E402
 from mixmatch.fastai import MixMatchCallback, image_dataloaders, mixmatch_learner  # noqa: E402
 from mixmatch.models import build_model  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: these models are tiny, and on a shared 2-core machine two spinning threads per
-    process are ten times slower than one. Restored afterwards for the other test modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

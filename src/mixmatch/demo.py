@@ -98,6 +98,22 @@ def tsne_figure(data: ImageDataset, predictions: dict[float, torch.Tensor], path
     plt.close(fig)
 
 
+def demo_table(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """Per temperature: accuracy mean, spread and values over the seeds, and the Markdown table of them."""
+    temperatures = list(dict.fromkeys(r["T"] for r in runs))
+    table = ["| data set | T | runs | test accuracy (%) | mean confidence |", "|---|---:|---:|---:|---:|"]
+    results = {}
+    for T in temperatures:
+        acc = [r["test_accuracy"] for r in runs if r["T"] == T]
+        conf = [r["mean_confidence"] for r in runs if r["T"] == T]
+        spread = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        results[str(T)] = dict(accuracy_mean=statistics.fmean(acc), accuracy_std=spread, accuracies=acc)
+        dataset = next(r["dataset"] for r in runs if r["T"] == T)
+        table.append(f"| {dataset} | {T} | {len(acc)} | {100 * statistics.fmean(acc):.2f} ± {100 * spread:.2f} | "
+                     f"{statistics.fmean(conf):.3f} |")
+    return results, "\n".join(table)
+
+
 def sharpening_demo(data: ImageDataset, out: str | Path, seeds: tuple[int, ...] = (0, 1, 2),
                     temperatures: tuple[float, ...] = (1.0, 0.5), **kwargs: Any) -> dict[str, Any]:
     """Run the demo for every (T, seed); write runs.json, results.md and tsne.png under `out`."""
@@ -113,16 +129,8 @@ def sharpening_demo(data: ImageDataset, out: str | Path, seeds: tuple[int, ...] 
                   f"({summary['wall_seconds']:.0f} s)", flush=True)
             if seed == seeds[0]:
                 last_predictions[T] = predict(model, data.test_images, mean, std)
-    table = ["| T | runs | test accuracy (%) | mean confidence |", "|---:|---:|---:|---:|"]
-    results = {}
-    for T in temperatures:
-        acc = [r["test_accuracy"] for r in runs if r["T"] == T]
-        conf = [r["mean_confidence"] for r in runs if r["T"] == T]
-        spread = statistics.stdev(acc) if len(acc) > 1 else 0.0
-        results[str(T)] = dict(accuracy_mean=statistics.fmean(acc), accuracy_std=spread, accuracies=acc)
-        table.append(f"| {T} | {len(acc)} | {100 * statistics.fmean(acc):.2f} ± {100 * spread:.2f} | "
-                     f"{statistics.fmean(conf):.3f} |")
+    results, table = demo_table(runs)
     (out / "runs.json").write_text(json.dumps(dict(runs=runs, results=results), indent=2))
-    (out / "results.md").write_text("\n".join(table) + "\n")
+    (out / "results.md").write_text(table + "\n")
     tsne_figure(data, last_predictions, out / "tsne.png")
     return results

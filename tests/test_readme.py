@@ -1,0 +1,43 @@
+"""The result tables in README.md are the ones `mixmatch report` makes from the committed run folders.
+
+A table sits between `<!-- results/NAME -->` and `<!-- /results/NAME -->`; NAME's run folders (those
+holding a summary.json) or, for the sharpening demo, its runs.json are read again and the table rebuilt.
+Rows are compared as a set: the order of rows follows the order in which folders were given.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from mixmatch.ablate import paper_column
+from mixmatch.demo import demo_table
+from mixmatch.report import aggregate, markdown_table, read_run
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+BLOCKS = re.findall(r"<!-- (results/[\w./-]+) -->\n(.*?)\n<!-- /\1 -->", README, flags=re.S)
+
+
+def rebuilt_table(folder: Path, header: str) -> str:
+    if (folder / "runs.json").exists():
+        return demo_table(json.loads((folder / "runs.json").read_text())["runs"])[1]
+    key = header.split("|")[1].strip()
+    runs = [read_run(d) for d in sorted(folder.iterdir()) if (d / "summary.json").exists()]
+    table = markdown_table(aggregate(runs, key), key)
+    return paper_column(table) if "paper" in header else table
+
+
+def test_readme_has_result_tables():
+    assert len(BLOCKS) >= 5
+
+
+@pytest.mark.parametrize(("name", "block"), BLOCKS, ids=[name for name, _ in BLOCKS])
+def test_readme_table_is_rebuilt_from_committed_runs(name, block):
+    folder = ROOT / name
+    assert folder.is_dir(), f"README shows {name}, which is not committed"
+    lines = block.strip().splitlines()
+    expected = rebuilt_table(folder, lines[0]).splitlines()
+    assert lines[:2] == expected[:2]
+    assert sorted(lines[2:]) == sorted(expected[2:])
