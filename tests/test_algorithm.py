@@ -224,3 +224,33 @@ def test_mixmatch_loss_combines_terms():
     total, loss_x, loss_u = A.mixmatch_loss(lx, tx, lu, tu, 75.0)
     torch.testing.assert_close(total, loss_x + 75.0 * loss_u)
     assert math.isclose(loss_u.item(), A.l2_consistency(lu, tu).item())
+
+
+@given(n=dims, classes=st.integers(2, 12), seed=st.integers(0, 2**16))
+def test_distribution_alignment_is_a_renormalised_reweighting(n, classes, seed):
+    p = random_probs(n, classes, seed)
+    model_marginal = random_probs(1, classes, seed + 1)[0].clamp_min(1e-3)
+    target = torch.full((classes,), 1 / classes)
+    aligned = A.align_distribution(p, model_marginal, target)
+    torch.testing.assert_close(aligned.sum(-1), torch.ones(n))
+    # Every row is p scaled class by class by the same weights target / model (up to its own normaliser).
+    weights = target / model_marginal
+    scale = aligned / p
+    torch.testing.assert_close(scale / scale[:, :1], (weights / weights[0]).expand(n, -1), rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(A.align_distribution(p, target, target), p)
+
+
+def test_distribution_alignment_brings_back_a_vanishing_class():
+    """Guesses that under-predict class 2 (marginal 0.05 against 1/3 labelled) get class 2 raised."""
+    p = torch.tensor([[0.5, 0.3, 0.2], [0.45, 0.45, 0.1]])
+    aligned = A.align_distribution(p, torch.tensor([0.5, 0.45, 0.05]), torch.full((3,), 1 / 3))
+    assert (aligned[:, 2] > p[:, 2]).all() and aligned[0].argmax() == 2
+
+
+def test_guess_labels_aligns_before_sharpening():
+    table = torch.randn(6, 4)
+    views = torch.arange(6, dtype=torch.float32).view(2, 3, 1, 1, 1).expand(2, 3, 1, 2, 2)
+    marginal, target = torch.tensor([0.4, 0.3, 0.2, 0.1]), torch.full((4,), 0.25)
+    q = A.guess_labels(LookupModel(table), views, 0.5, lambda p: A.align_distribution(p, marginal, target))
+    p = torch.softmax(table, -1).view(2, 3, 4).mean(0)
+    torch.testing.assert_close(q, A.sharpen(A.align_distribution(p, marginal, target), 0.5))

@@ -107,3 +107,16 @@ def test_bad_settings_are_refused(tmp_path, digits):
         Trainer(config(tmp_path, steps=0), digits)
     with pytest.raises(ValueError, match="unknown method"):
         Trainer(config(tmp_path, method="pseudo-label"), digits)
+
+
+def test_distribution_alignment_tracks_the_guesses_and_resumes(tmp_path, digits):
+    trainer = Trainer(config(tmp_path, distribution_alignment=True), digits)
+    assert torch.allclose(trainer.guess_marginal, torch.full((10,), 0.1))
+    torch.testing.assert_close(trainer.labeled_marginal, torch.full((10,), 0.1))  # 5 labels per class
+    trainer.train_step()
+    assert not torch.allclose(trainer.guess_marginal, torch.full((10,), 0.1))
+    torch.testing.assert_close(trainer.guess_marginal.sum(), torch.tensor(1.0))
+    again = Trainer(config(tmp_path, distribution_alignment=True), digits)
+    again.load_state_dict(trainer.state_dict())
+    assert torch.equal(again.guess_marginal, trainer.guess_marginal)
+    assert Trainer(config(tmp_path), digits).guess_marginal is None

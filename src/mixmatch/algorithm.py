@@ -25,6 +25,18 @@ def sharpen(p: Tensor, T: float) -> Tensor:
     return torch.softmax(torch.log(p.clamp_min(torch.finfo(p.dtype).tiny)) / T, dim=-1)
 
 
+def align_distribution(p: Tensor, model_marginal: Tensor, target_marginal: Tensor) -> Tensor:
+    """Distribution alignment (ReMixMatch, Berthelot et al. 2020, arXiv:1911.09785, eq. 1): not MixMatch.
+
+    p: (N, L) guessed distributions; model_marginal: (L,) running mean of the model's guesses;
+    target_marginal: (L,) the class distribution of the labelled data. Returns p * target / model,
+    renormalised: (N, L), rows summing to 1. A class the guesses have drifted away from is scaled up,
+    which counters the confirmation bias of guessed labels (results/guesses-fashion-mnist).
+    """
+    aligned = p * (target_marginal / model_marginal.clamp_min(torch.finfo(p.dtype).tiny))
+    return aligned / aligned.sum(-1, keepdim=True)
+
+
 def sample_mix_weights(n: int, alpha: float, like: Tensor) -> Tensor:
     """lambda' = max(lambda, 1 - lambda), lambda ~ Beta(alpha, alpha), one per example: (n,).
 
@@ -73,16 +85,19 @@ def frozen_batchnorm_stats(model: nn.Module) -> Iterator[None]:
 
 
 @torch.no_grad()
-def guess_labels(model: Callable[[Tensor], Tensor], u_views: Tensor, T: float) -> Tensor:
+def guess_labels(
+    model: Callable[[Tensor], Tensor], u_views: Tensor, T: float, align: Callable[[Tensor], Tensor] | None = None
+) -> Tensor:
     """Guess labels for unlabelled data: average softmax over K views, then sharpen (paper eqs. 6-7).
 
     u_views: (K, B, C, H, W) augmented views; returns q: (B, L), rows summing to 1, no gradient.
     The model is called as it is (the official code uses training mode, batch statistics).
+    `align`, if given, maps the averaged (B, L) distributions before sharpening (distribution alignment).
     """
     K, B = u_views.shape[:2]
     logits = model(u_views.reshape(K * B, *u_views.shape[2:])).float()
     p = torch.softmax(logits, dim=-1).view(K, B, -1).mean(0)
-    return sharpen(p, T)
+    return sharpen(p if align is None else align(p), T)
 
 
 def mixmatch(x: Tensor, p: Tensor, u_views: Tensor, q: Tensor, alpha: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -60,6 +60,11 @@ class TrainConfig:
         "what MixUp mixes: all (paper), labeled, unlabeled, separate (X with X, U with U)",
         choices=("all", "labeled", "unlabeled", "separate"),
     )
+    distribution_alignment: bool = _opt(
+        False,
+        "scale guessed labels so their running class marginal matches the labelled one (ReMixMatch's "
+        "distribution alignment, not in MixMatch; it stops a class vanishing from the guesses)",
+    )
     eval_every: int | None = _opt(None, "evaluate the test split every N steps")
     log_every: int = _opt(50, "write training losses to metrics.jsonl every N steps")
     tensorboard: bool = _opt(False, "also write TensorBoard event files to RUN_DIR/tensorboard")

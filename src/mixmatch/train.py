@@ -78,6 +78,9 @@ def use_bf16(amp: str, device: torch.device) -> bool:
 # torch.compile costs a minute or more of compiling (71 s for WRN-28-2 on the 2-core CPU of
 # results/perf.md) and saved about 10% of a step there: it pays from a few thousand steps on.
 COMPILE_AUTO_MIN_STEPS = 20_000
+# ReMixMatch keeps the model's class marginal as a mean over the last 128 batches; an EMA of about the
+# same memory (1 / (1 - 0.99) = 100 batches) does it without a buffer of batches.
+ALIGNMENT_DECAY = 0.99
 
 
 def use_compile(mode: str, steps: int) -> bool:
@@ -199,6 +202,13 @@ class Trainer:
             else None
         )
         self.decayed = decayed_parameters(self.model)
+        classes = self.data.num_classes
+        self.labeled_marginal = torch.bincount(self.labeled_y, minlength=classes).float() / len(self.labeled_y)
+        self.guess_marginal = (
+            torch.full((classes,), 1 / classes, device=self.device)
+            if cfg.distribution_alignment and cfg.method == "mixmatch"
+            else None
+        )
         self.step = 0
         self.pending: list[Tensor] = []  # (3,) losses of the steps since the last metrics record
         self.wall_seconds = 0.0  # of training before this process, for a resumed run
@@ -228,12 +238,18 @@ class Trainer:
         x = self.augment(xb)
         u_views = self.augment.views(ub, cfg.k)
         p = F.one_hot(yb, self.data.num_classes).float()
+        align = self._align if self.guess_marginal is not None else None
         with self._autocast(), A.frozen_batchnorm_stats(self.model):
-            q = A.guess_labels(self.forward, u_views, cfg.temperature)
+            q = A.guess_labels(self.forward, u_views, cfg.temperature, align)
         x_mix, p_mix, u_mix, q_mix = self._mix(x, p, u_views, q)
         with self._autocast():
             logits_x, logits_u = self._forward_mixed(x_mix, u_mix)
         return A.mixmatch_loss(logits_x, p_mix, logits_u, q_mix, self.lambda_u())
+
+    def _align(self, p: Tensor) -> Tensor:
+        """Distribution alignment of (B, L) guesses against the running mean of the model's guesses."""
+        self.guess_marginal.lerp_(p.mean(0), 1 - ALIGNMENT_DECAY)
+        return A.align_distribution(p, self.guess_marginal, self.labeled_marginal)
 
     def _mix(self, x: Tensor, p: Tensor, u_views: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The paper's mixing, or one of the ablations of its table 4 (what MixUp is applied to)."""
@@ -344,6 +360,7 @@ class Trainer:
             step=self.step,
             model=self.model.state_dict(),
             ema=None if self.ema is None else self.ema.state_dict(),
+            guess_marginal=self.guess_marginal,
             optimizer=self.optimizer.state_dict(),
             scheduler=None if self.scheduler is None else self.scheduler.state_dict(),
             rng=self.dist.gather(C.rng_state()),  # one per process: each draws its own batches
@@ -364,6 +381,8 @@ class Trainer:
         except (KeyError, RuntimeError, TypeError, ValueError) as error:
             reason = " ".join(str(error).split())[:300]
             raise C.CheckpointError(f"checkpoint {source} does not fit this run: {reason}") from None
+        if self.guess_marginal is not None and state.get("guess_marginal") is not None:
+            self.guess_marginal.copy_(state["guess_marginal"])
         self.step = state["step"]
         self.wall_seconds = state["wall_seconds"]
         self.pending = list(state["pending"].to(self.device).unbind(0))
