@@ -26,7 +26,7 @@ def sharpen(p: Tensor, T: float) -> Tensor:
 
 
 def align_distribution(p: Tensor, model_marginal: Tensor, target_marginal: Tensor) -> Tensor:
-    """Distribution alignment (ReMixMatch, Berthelot et al. 2020, arXiv:1911.09785, eq. 1): not MixMatch.
+    """Distribution alignment (ReMixMatch, Berthelot et al. 2020, arXiv:1911.09785, sec. 3.2): not MixMatch.
 
     p: (N, L) guessed distributions; model_marginal: (L,) running mean of the model's guesses;
     target_marginal: (L,) the class distribution of the labelled data. Returns p * target / model,
