@@ -247,8 +247,11 @@ class Trainer:
         return A.mixmatch_loss(logits_x, p_mix, logits_u, q_mix, self.lambda_u())
 
     def _align(self, p: Tensor) -> Tensor:
-        """Distribution alignment of (B, L) guesses against the running mean of the model's guesses."""
-        self.guess_marginal.lerp_(p.mean(0), 1 - ALIGNMENT_DECAY)
+        """Distribution alignment of (B, L) guesses against the running mean of the model's guesses.
+
+        Under torchrun the mean is of the global batch, so every process keeps the same marginal.
+        """
+        self.guess_marginal.lerp_(self.dist.average(p.mean(0)), 1 - ALIGNMENT_DECAY)
         return A.align_distribution(p, self.guess_marginal, self.labeled_marginal)
 
     def _mix(self, x: Tensor, p: Tensor, u_views: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
