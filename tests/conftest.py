@@ -35,3 +35,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """Run `mixmatch ARGS...` in this process; assert exit status 2 and one `mixmatch: error:` line; return it."""
+    from mixmatch.cli import main
+
+    def run(*argv: str) -> str:
+        assert main(list(argv)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("mixmatch: error: "), err
+        return err[0]
+
+    return run

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from mixmatch import checkpoint as C
-from mixmatch.cli import main
 from mixmatch.config import TrainConfig
 from mixmatch.data import ImageDataset
 from mixmatch.train import Trainer, TrainingDiverged, TrainingInterrupted
@@ -165,21 +164,14 @@ def test_resume_drops_metrics_written_after_the_checkpoint(tmp_path, digits):
     assert records(run) == before
 
 
-def cli_error(capsys, *argv: str) -> str:
-    assert main(list(argv)) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("mixmatch: error: "), err
-    return err[0]
-
-
-def test_truncated_checkpoint_is_one_line(finished_run, tmp_path, capsys):
+def test_truncated_checkpoint_is_one_line(finished_run, tmp_path, cli_error):
     run = tmp_path / "copy"
     run.mkdir()
     (run / "config.json").write_text((finished_run / "config.json").read_text())
     (run / "checkpoints").mkdir()
     data = C.latest_checkpoint(finished_run).read_bytes()
     (run / "checkpoints" / "step-00000020.pt").write_bytes(data[: len(data) // 2])
-    assert "is truncated or not a checkpoint" in cli_error(capsys, "train", "--resume", str(run))
+    assert "is truncated or not a checkpoint" in cli_error("train", "--resume", str(run))
 
 
 def test_pickle_with_code_is_refused(finished_run, tmp_path, capsys):
@@ -220,16 +212,16 @@ def test_checkpoint_of_another_class_count_is_refused(finished_run, digits, tmp_
         trainer.load_state_dict(C.safe_load(path), path)
 
 
-def test_foreign_and_missing_files_are_one_line(finished_run, tmp_path, capsys):
+def test_foreign_and_missing_files_are_one_line(finished_run, tmp_path, cli_error):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
     with pytest.raises(C.CheckpointError, match="is not a mixmatch checkpoint"):
         C.safe_load(tmp_path / "foreign.pt")
-    assert "is not a run folder" in cli_error(capsys, "train", "--resume", str(tmp_path / "nothing"))
+    assert "is not a run folder" in cli_error("train", "--resume", str(tmp_path / "nothing"))
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.json").write_text((finished_run / "config.json").read_text())
-    assert "has no checkpoint" in cli_error(capsys, "train", "--resume", str(empty))
-    message = cli_error(capsys, "train", "--resume", str(finished_run), "--steps", "50", "--lr", "0.1")
+    assert "has no checkpoint" in cli_error("train", "--resume", str(empty))
+    message = cli_error("train", "--resume", str(finished_run), "--steps", "50", "--lr", "0.1")
     assert "with its own config.json; drop --steps, --lr" in message
 
 

@@ -87,44 +87,35 @@ def test_predict_reads_files_and_folders(trained, digits, capsys, tmp_path):
     assert [r["class"] for r in rows] == [by_path[str(p)][0] for p in paths]
 
 
-def one_error_line(capsys, *argv: str) -> str:
-    assert main(list(argv)) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("mixmatch: error: "), err
-    return err[0]
-
-
-def test_bad_inputs_are_one_line(trained, capsys, tmp_path):
+def test_bad_inputs_are_one_line(trained, cli_error, tmp_path):
     _, _, run = trained
     model = str(run / "model.safetensors")
-    missing = one_error_line(capsys, "predict", "--model", str(tmp_path / "none.safetensors"), str(tmp_path))
+    missing = cli_error("predict", "--model", str(tmp_path / "none.safetensors"), str(tmp_path))
     assert "none.safetensors does not exist (write one with `mixmatch export RUN_DIR`)" in missing
     text = tmp_path / "scan.png"
     text.write_text("this is not a picture")
-    assert f"{text} is not an image file that PIL can read" in one_error_line(
-        capsys, "predict", "--model", model, str(text)
+    assert f"{text} is not an image file that PIL can read" in cli_error("predict", "--model", model, str(text)
     )
-    assert "does not exist" in one_error_line(capsys, "predict", "--model", model, str(tmp_path / "nope.png"))
+    assert "does not exist" in cli_error("predict", "--model", model, str(tmp_path / "nope.png"))
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "no image files in" in one_error_line(capsys, "predict", "--model", model, str(empty))
-    assert "has no checkpoint" in one_error_line(capsys, "export", str(tmp_path))
+    assert "no image files in" in cli_error("predict", "--model", model, str(empty))
+    assert "has no checkpoint" in cli_error("export", str(tmp_path))
 
 
-def test_damaged_model_files_are_one_line(trained, capsys, tmp_path):
+def test_damaged_model_files_are_one_line(trained, cli_error, tmp_path):
     _, _, run = trained
     broken = tmp_path / "model.safetensors"
     data = (run / "model.safetensors").read_bytes()
     broken.write_bytes(data[: len(data) // 2])
-    assert "model.json is missing or not JSON" in one_error_line(
-        capsys, "evaluate", "--model", str(broken), "--dataset", "digits"
+    assert "model.json is missing or not JSON" in cli_error("evaluate", "--model", str(broken), "--dataset", "digits"
     )
     meta = json.loads((run / "model.json").read_text())
     (tmp_path / "model.json").write_text(json.dumps(meta))
-    assert "is truncated or not safetensors" in one_error_line(capsys, "predict", "--model", str(broken), str(broken))
+    assert "is truncated or not safetensors" in cli_error("predict", "--model", str(broken), str(broken))
     broken.write_bytes(data)
     (tmp_path / "model.json").write_text(json.dumps({**meta, "image_size": 16}))
-    message = one_error_line(capsys, "predict", "--model", str(broken), str(broken))
+    message = cli_error("predict", "--model", str(broken), str(broken))
     assert "does not fit a cnn for 10 classes of 1x16x16 images" in message
     (tmp_path / "model.json").write_text(json.dumps({**meta, "num_classes": 3}))
     with pytest.raises(C.CheckpointError, match="does not fit a cnn for 3 classes"):
