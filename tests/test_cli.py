@@ -23,6 +23,7 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
         (["--dataset", "fashion-mnist", "--data-dir", "/no/such/dir"], "--data-dir /no/such/dir does not exist"),
         (["--arch", "vgg"], "unknown architecture 'vgg'"),
         (["--steps", "0"], "--steps must be positive"),
+        (["--ema-decay", "1.5"], "EMA decay must be in [0, 1), got 1.5"),
     ],
 )
 def test_bad_input_exits_with_one_line(args, message, tmp_path):

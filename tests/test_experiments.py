@@ -35,6 +35,11 @@ def test_ablate_command_writes_the_table_beside_the_papers(tmp_path, capsys):
     assert table.strip() in capsys.readouterr().out
 
 
+def test_unknown_ablation_and_missing_demo_data_are_one_line(cli_error, tmp_path):
+    assert "unknown ablation 'k3'" in cli_error("ablate", "--ablations", "k3", "--out", str(tmp_path))
+    assert "needs --data-dir" in cli_error("demo", "--dataset", "fashion-mnist", "--out", str(tmp_path))
+
+
 def test_demo_without_sharpening_is_labelled_only_training(digits):
     """At T=1 the target is the prediction itself, so the unlabelled term has no gradient at all."""
     _, unsharpened = train_pseudo_label(digits, 1.0, seed=0, num_labels=50, epochs=2)
