@@ -17,16 +17,13 @@ from pathlib import Path
 
 import torch
 
-from mixmatch import algorithm as A
 from mixmatch.config import TrainConfig
 from mixmatch.train import Trainer
 
 
 def guess_record(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> dict:
-    cfg = trainer.config
     trainer.model.train()
-    with torch.no_grad(), trainer._autocast(), A.frozen_batchnorm_stats(trainer.model):
-        q = A.guess_labels(trainer.forward, trainer.augment.views(images, cfg.k), cfg.temperature)
+    q = trainer.guess(trainer.augment.views(images, trainer.config.k))
     confidence, guess = q.max(-1)
     return dict(step=trainer.step, guess_accuracy=(guess == labels).float().mean().item(),
                 mean_confidence=confidence.mean().item(),

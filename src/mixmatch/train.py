@@ -202,13 +202,12 @@ class Trainer:
             else None
         )
         self.decayed = decayed_parameters(self.model)
-        classes = self.data.num_classes
-        self.labeled_marginal = torch.bincount(self.labeled_y, minlength=classes).float() / len(self.labeled_y)
-        self.guess_marginal = (
-            torch.full((classes,), 1 / classes, device=self.device)
-            if cfg.distribution_alignment and cfg.method == "mixmatch"
-            else None
-        )
+        self.labeled_marginal: Tensor | None = None  # class distributions, for --distribution-alignment
+        self.guess_marginal: Tensor | None = None
+        if cfg.distribution_alignment and cfg.method == "mixmatch":
+            classes = self.data.num_classes
+            self.labeled_marginal = torch.bincount(self.labeled_y, minlength=classes).float() / len(self.labeled_y)
+            self.guess_marginal = torch.full((classes,), 1 / classes, device=self.device)
         self.step = 0
         self.pending: list[Tensor] = []  # (3,) losses of the steps since the last metrics record
         self.wall_seconds = 0.0  # of training before this process, for a resumed run
@@ -238,13 +237,19 @@ class Trainer:
         x = self.augment(xb)
         u_views = self.augment.views(ub, cfg.k)
         p = F.one_hot(yb, self.data.num_classes).float()
-        align = self._align if self.guess_marginal is not None else None
-        with self._autocast(), A.frozen_batchnorm_stats(self.model):
-            q = A.guess_labels(self.forward, u_views, cfg.temperature, align)
+        q = self.guess(u_views)
         x_mix, p_mix, u_mix, q_mix = self._mix(x, p, u_views, q)
         with self._autocast():
             logits_x, logits_u = self._forward_mixed(x_mix, u_mix)
         return A.mixmatch_loss(logits_x, p_mix, logits_u, q_mix, self.lambda_u())
+
+    def guess(self, u_views: Tensor) -> Tensor:
+        """Guessed labels q (B, L) of (K, B, C, H, W) views, as a step makes them: the model in training mode
+        with BatchNorm's running statistics frozen, aligned (--distribution-alignment, which also moves the
+        running marginal) and sharpened."""
+        align = self._align if self.guess_marginal is not None else None
+        with self._autocast(), A.frozen_batchnorm_stats(self.model):
+            return A.guess_labels(self.forward, u_views, self.config.temperature, align)
 
     def _align(self, p: Tensor) -> Tensor:
         """Distribution alignment of (B, L) guesses against the running mean of the model's guesses.
