@@ -45,9 +45,10 @@ class ProcessGroup:
         return self.rank == 0
 
     def device(self, device: torch.device) -> torch.device:
-        """One GPU per process: plain 'cuda' becomes this process's cuda:LOCAL_RANK."""
-        if self.enabled and device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", self.local_rank)
+        """One GPU per process: plain 'cuda' becomes this process's cuda:LOCAL_RANK (cuda:0 without torchrun)."""
+        if device.type == "cuda" and device.index is None:
+            # torch.cuda.set_device refuses a device without an index.
+            device = torch.device("cuda", self.local_rank if self.enabled else torch.cuda.current_device())
         if device.type == "cuda":
             torch.cuda.set_device(device)
         return device
