@@ -17,11 +17,15 @@ from torch import Tensor, nn
 def sharpen(p: Tensor, T: float) -> Tensor:
     """Sharpen distributions: p**(1/T) renormalised over the last axis (paper eq. 7).
 
-    p: (N, L) probabilities; returns (N, L), rows summing to 1. T=1 is the identity, T->0 one-hot.
+    p: (N, L) probabilities; returns (N, L), rows summing to 1. T=1 returns p itself, T->0 one-hot.
     Computed as a softmax of log(p)/T so that small T does not underflow to 0/0.
     """
     if T <= 0:
         raise ValueError(f"temperature T must be > 0, got {T}")
+    if T == 1:
+        # The identity exactly: log-then-softmax would move p by rounding, and a target that differs from the
+        # prediction by rounding gives the consistency loss a gradient that is noise (the demo's T=1 claim).
+        return p
     return torch.softmax(torch.log(p.clamp_min(torch.finfo(p.dtype).tiny)) / T, dim=-1)
 
 
