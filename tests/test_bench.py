@@ -1,0 +1,32 @@
+"""The benchmark scripts under bench/ run end to end on a CPU in a tiny setting."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.mark.parametrize("dataset", ["digits", "fashion-mnist"])
+def test_gpu_check_runs_tiny_on_a_cpu(tmp_path, dataset, request):
+    data_dir = str(request.getfixturevalue("shared_data")) if dataset == "fashion-mnist" else "unused"
+    out = tmp_path / "gpu"
+    cmd = [sys.executable, str(BENCH / "gpu.py"), "--tiny", "--device", "cpu", "--dataset", dataset,
+           "--data-dir", data_dir, "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1].startswith("gpu check: done in")
+    report = json.loads((out / "gpu.json").read_text())
+    assert report["matmul_tflops"] > 0 and report["step"]["flops_per_step"] > 0
+    assert set(report["step"]["paths"]) == {"reference", "eager"}  # compiling and graphs are skipped when tiny
+    for entry in report["step"]["paths"].values():
+        assert entry["paper_schedule_hours"] == pytest.approx(2**20 * entry["ms_per_step"] / 1000 / 3600)
+        assert entry["fraction_of_matmul_peak"] > 0
+    summary = json.loads((out / "run-summary.json").read_text())
+    assert summary["dataset"] == dataset and summary["arch"] == "wrn28_2" and summary["steps"] == 4
+    assert report["run"]["test_accuracy"] == summary["test_accuracy"]
+    assert "| reference |" in (out / "gpu.md").read_text()
