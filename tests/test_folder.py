@@ -13,8 +13,10 @@ from PIL import Image
 from mixmatch import folder as folder_module
 from mixmatch.cli import main
 from mixmatch.config import TrainConfig
-from mixmatch.data import DataError, choose_split, load_dataset, load_for_config, read_split, save_split
+from mixmatch.dataset import DataError
 from mixmatch.folder import load_image_folder
+from mixmatch.loaders import load_dataset
+from mixmatch.splits import choose_split, load_for_config, read_split, save_split
 
 
 def digit_images(count: int) -> tuple[np.ndarray, np.ndarray]:

@@ -163,7 +163,7 @@ def evaluate(
     model_path: str | Path, dataset: str, data_dir: str | None = None, out: str | Path | None = None
 ) -> dict[str, Any]:
     """Accuracy of an exported model on the test split of a registered data set, and a confusion matrix PNG."""
-    from .data import load_dataset
+    from .loaders import load_dataset
 
     model, meta = load_model(model_path)
     data = load_dataset(dataset, data_dir)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import DataError, ImageDataset
+from .dataset import DataError, ImageDataset
 
 log = logging.getLogger(__name__)
 
