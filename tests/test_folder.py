@@ -220,6 +220,55 @@ def test_cache_goes_to_the_user_cache_when_the_folder_is_not_writable(digit_fold
     assert len(list((tmp_path / "xdg" / "mixmatch").glob("images-*-8px-*.pt"))) == 1
 
 
+def test_a_cache_of_the_old_decoder_is_not_reused(tmp_path, monkeypatch):
+    """Caches written before 16-bit images were scaled hold their clipped pixels: they must be decoded again."""
+    dark = np.full((8, 8), 16_448, dtype=np.uint16)  # 64 * 257
+    for i in range(4):
+        save_png(tmp_path / "labeled" / ("a" if i % 2 else "b") / f"{i}.png", dark)
+
+    def clipping_decoder(path, size):  # the decoder of version 1: PIL's convert("L") clips I;16 to 255
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L").resize((size, size)))
+
+    monkeypatch.setattr(folder_module, "DECODER_VERSION", 1)
+    monkeypatch.setattr(folder_module, "_decode", clipping_decoder)
+    assert load_image_folder(tmp_path, image_size=8).train_images.min() == 255
+    monkeypatch.undo()
+    data = load_image_folder(tmp_path, image_size=8)
+    assert (data.train_images == 64).all()
+    assert len(list((tmp_path / ".mixmatch-cache").glob("*.pt"))) == 1  # the old cache is gone
+
+
+def two_class_folder(root, bits: int) -> None:
+    """Dark and bright textured 8x8 images (dark around 16,000 of 65,535, bright around 48,000), saved as
+    16-bit PNGs or as their 8-bit copies; 12 labelled, 12 unlabelled and 10 test images per class."""
+    rng = np.random.default_rng(0)
+    for c, (name, level) in enumerate([("dark", 16_000), ("bright", 48_000)]):
+        for i in range(34):
+            values = np.clip(level + rng.normal(0, 3_000, (8, 8)), 0, 65535)
+            image = values.astype(np.uint16) if bits == 16 else np.round(values / 257).astype(np.uint8)
+            where = ["labeled", name] if i < 12 else ["unlabeled"] if i < 24 else ["test", name]
+            save_png(root.joinpath(*where, f"{c}-{i}.png"), image)
+
+
+def test_16_bit_images_train_like_their_8_bit_copies(tmp_path, capsys):
+    for bits in (16, 8):
+        two_class_folder(tmp_path / f"{bits}bit", bits)
+    sixteen = load_image_folder(tmp_path / "16bit", image_size=8)
+    eight = load_image_folder(tmp_path / "8bit", image_size=8)
+    assert sixteen.shape == (1, 8, 8) and sixteen.files == [f.replace("16bit", "8bit") for f in eight.files]
+    assert (sixteen.train_images.int() - eight.train_images.int()).abs().max() <= 1
+    dark = sixteen.train_labels == sixteen.classes.index("dark")
+    assert abs(sixteen.train_images[dark].float().mean().item() - 16_000 / 257) < 3
+    accuracy = {}
+    for bits in (16, 8):
+        args = ["train", "--dataset", "folder", "--data-dir", str(tmp_path / f"{bits}bit"), "--image-size", "8"]
+        args += ["--arch", "cnn", "--steps", "50", "--batch-size", "8", "--ema-decay", "0.9", "--no-progress"]
+        assert main([*args, "--out", str(tmp_path / f"run{bits}")]) == 0
+        accuracy[bits] = json.loads(capsys.readouterr().out)["test_accuracy"]
+    assert accuracy[16] >= 0.95 and accuracy[8] >= 0.95 and abs(accuracy[16] - accuracy[8]) <= 0.05, accuracy
+
+
 # ---- splits, hold-out and `data info` ----------------------------------------------------------------------
 
 

@@ -10,9 +10,10 @@ a labels CSV    ROOT/**/<image> and --labels-csv FILE with rows `file,label` (fi
                 same format, names the test images.
 
 Hidden files and folders (a leading dot) are passed over, so the cache in ROOT/.mixmatch-cache is never read
-as an image. Every image is scaled so its shorter side is --image-size and centre-cropped to a square; if any
-image has colour, all become RGB (grey ones are repeated over three channels), else all stay grey. Files that
-PIL cannot read are reported and skipped, or refused with strict=True.
+as an image. Every image is decoded by `images.load_image` (upright, every mode and bit depth scaled to 8 bits,
+shorter side scaled to --image-size and centre-cropped to a square); if any image has colour, all become RGB
+(grey ones are repeated over three channels), else all stay grey. Files that PIL cannot read are reported and
+skipped, or refused with strict=True.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ import torch
 from torch import Tensor
 
 from .dataset import DataError, ImageDataset
+from .images import DECODER_VERSION, ImageError, load_image
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when decoding changes, so that old caches are not re-used
-GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+CACHE_VERSION = 1  # bump when the cache file's format changes; DECODER_VERSION covers its pixels
 
 
 def _natural_key(text: str) -> list[int | str]:
@@ -92,19 +93,10 @@ def _class_folders(folder: Path, root: Path) -> tuple[list[str], list[tuple[str,
 
 def _decode(path: Path, size: int) -> np.ndarray | str:
     """The image at `path` as (size, size) grey or (size, size, 3) RGB uint8, or why it cannot be read."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     try:
-        with Image.open(path) as image:
-            # JPEG decoders can scale down by up to 8x while decoding: much faster on photos.
-            image.draft(image.mode, (size, size))
-            image = ImageOps.exif_transpose(image)
-            image = image.convert("L" if image.mode in GREY_MODES else "RGB")
-            return np.asarray(ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC))
-    except UnidentifiedImageError:
-        return "not an image"
-    except Exception as error:  # PIL's plugins raise many types (OSError, SyntaxError, struct.error...) on bad files
-        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'unreadable'}"[:80]
+        return load_image(path, size)
+    except ImageError as error:
+        return error.reason
 
 
 def _cache_dirs(root: Path) -> list[Path]:
@@ -126,7 +118,7 @@ def _decode_all(root: Path, names: list[str], size: int) -> tuple[Tensor, list[s
             stats.append((name, info.st_size, info.st_mtime_ns))
         except OSError as error:  # e.g. a broken symbolic link
             missing.append((name, error.strerror or "cannot read"))
-    key = hashlib.sha256(json.dumps([CACHE_VERSION, size, stats]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, DECODER_VERSION, size, stats]).encode()).hexdigest()[:16]
     prefix = f"images-{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]}-{size}px"
     for folder in _cache_dirs(root):
         cached = folder / f"{prefix}-{key}.pt"
