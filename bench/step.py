@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from mixmatch.augment import Augmenter
 from mixmatch.config import TrainConfig
-from mixmatch.data import ImageDataset
+from mixmatch.dataset import ImageDataset
 from mixmatch.train import Trainer
 
 

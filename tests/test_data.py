@@ -2,6 +2,8 @@ import dataclasses
 import json
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 from urllib.error import URLError
 
@@ -9,17 +11,41 @@ import pytest
 import torch
 
 from mixmatch.config import TrainConfig, augmentation_of
-from mixmatch.data import (
-    STL10_CLASSES,
-    DataError,
-    choose_split,
-    hold_out,
-    labeled_split,
-    load_dataset,
-    read_split,
-    save_split,
-)
+from mixmatch.dataset import DataError
+from mixmatch.loaders import STL10_CLASSES, load_dataset
+from mixmatch.splits import choose_split, hold_out, labeled_split, read_split, save_split
 from mixmatch.train import Trainer
+
+
+@pytest.mark.parametrize(
+    ("module", "other"), [("mixmatch.data", "mixmatch.folder"), ("mixmatch.folder", "mixmatch.data")]
+)
+def test_data_and_folder_do_not_import_each_other(module, other):
+    code = f"import json, sys, {module}; print(json.dumps([m for m in sys.modules if m.startswith('mixmatch')]))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    loaded = json.loads(result.stdout)
+    assert module in loaded and other not in loaded, loaded
+
+
+def test_the_public_data_names_are_the_modules_own():
+    import mixmatch.data as data
+    from mixmatch import dataset, loaders, splits
+
+    for name in data.__all__:
+        home = next(m for m in (dataset, loaders, splits) if hasattr(m, name))
+        assert getattr(data, name) is getattr(home, name), name
+    assert {
+        "ImageDataset",
+        "DataError",
+        "load_dataset",
+        "labeled_split",
+        "load_for_config",
+        "choose_split",
+        "save_split",
+        "read_split",
+        "hold_out",
+        "describe_split",
+    } <= set(data.__all__)
 
 
 def test_digits_is_embedded_and_split_fixed():

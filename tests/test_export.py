@@ -12,6 +12,8 @@ from mixmatch import checkpoint as C
 from mixmatch import export as E
 from mixmatch.cli import main
 from mixmatch.config import TrainConfig
+from mixmatch.dataset import DataError
+from mixmatch.images import ImageError
 from mixmatch.train import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -85,6 +87,34 @@ def test_predict_reads_files_and_folders(trained, digits, capsys, tmp_path):
     rows = list(csv.DictReader(out.open()))
     assert [r["path"] for r in rows] == list(map(str, paths))
     assert [r["class"] for r in rows] == [by_path[str(p)][0] for p in paths]
+
+
+def test_predict_scales_16_bit_images_like_training(trained, digits, capsys, tmp_path):
+    """A 16-bit copy of an image (values x 257) is predicted exactly as the 8-bit image; it used to clip to 255."""
+    _, _, run = trained
+    paths = []
+    for i, image in enumerate(digits.test_images[:4, 0].numpy()):
+        Image.fromarray(image).save(tmp_path / f"{i}-8bit.png")
+        Image.fromarray(image.astype("uint16") * 257).save(tmp_path / f"{i}-16bit.png")
+        assert Image.open(tmp_path / f"{i}-16bit.png").mode == "I;16"
+        paths += [tmp_path / f"{i}-8bit.png", tmp_path / f"{i}-16bit.png"]
+    assert torch.equal(E.read_image(paths[1], 1, 8), E.read_image(paths[0], 1, 8))
+    rows = E.predict(run, paths)
+    for eight, sixteen in zip(rows[::2], rows[1::2], strict=True):
+        assert (eight["class"], eight["confidence"]) == (sixteen["class"], sixteen["confidence"])
+
+
+def test_unreadable_images_are_image_errors_not_checkpoint_errors(tmp_path):
+    (tmp_path / "scan.png").write_text("this is not a picture")
+    with pytest.raises(ImageError, match="scan.png is not an image file that PIL can read") as caught:
+        E.read_image(tmp_path / "scan.png", 1, 8)
+    assert not isinstance(caught.value, C.CheckpointError)
+    with pytest.raises(DataError, match="does not exist"):
+        E.image_files([tmp_path / "nope.png"])
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "labels.csv").write_text("file,label\n")
+    with pytest.raises(DataError, match="no image files in"):
+        E.image_files([tmp_path / "notes"])
 
 
 def test_bad_inputs_are_one_line(trained, cli_error, tmp_path):

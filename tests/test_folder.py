@@ -13,8 +13,10 @@ from PIL import Image
 from mixmatch import folder as folder_module
 from mixmatch.cli import main
 from mixmatch.config import TrainConfig
-from mixmatch.data import DataError, choose_split, load_dataset, load_for_config, read_split, save_split
+from mixmatch.dataset import DataError
 from mixmatch.folder import load_image_folder
+from mixmatch.loaders import load_dataset
+from mixmatch.splits import choose_split, load_for_config, read_split, save_split
 
 
 def digit_images(count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,14 +84,19 @@ def test_class_folders_load_as_uint8_tensors(digit_folder):
 
 def test_corrupt_and_non_image_files_are_reported_and_skipped(digit_folder, caplog):
     (digit_folder / "labeled" / "digit3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    (digit_folder / "unlabeled" / "notes.txt").write_text("not an image")
+    (digit_folder / "unlabeled" / "notes.jpg").write_text("not an image, though named like one")
     (digit_folder / "labeled" / "stray.png").write_bytes(b"")
+    # Files without an image suffix are not images of the folder: passed over without a word.
+    (digit_folder / "unlabeled" / "notes.txt").write_text("not an image")
+    (digit_folder / "labeled" / "digit3" / "predictions.csv").write_text("file,label\n")
+    (digit_folder / "labeled" / "README.md").write_text("the labelled images")
     with caplog.at_level(logging.WARNING):
         data = load_image_folder(digit_folder, image_size=8)
     assert data.train_images.shape[0] == 50 and data.extra_unlabeled.shape[0] == 40
     message = " ".join(r.getMessage() for r in caplog.records)
     assert "skipped 3 file(s)" in message and "labeled/digit3/broken.png" in message
-    assert "labeled/stray.png (not inside a class folder)" in message
+    assert "labeled/stray.png (not inside a class folder)" in message and "unlabeled/notes.jpg" in message
+    assert "notes.txt" not in message and "predictions.csv" not in message and "README" not in message
     with pytest.raises(DataError, match=r"3 file\(s\) in .* are not readable images: .*digit3/broken.png \(not an"):
         load_image_folder(digit_folder, image_size=8, strict=True)
 
@@ -170,8 +177,8 @@ def test_csv_naming_missing_files_skips_them_or_refuses(tmp_path, caplog):
 @pytest.mark.parametrize(
     ("labels_rows", "test_rows", "message"),
     [
-        ("a.png,1\nb.png\n", None, r"row 2 is 'b.png', not `file,label`"),
-        ("a.png,1\na.png,2\n", None, "gives a.png two labels, '1' and '2'"),
+        ("a.png,1\nb.png\n", None, r"labels.csv line 2 is 'b.png', not `file,label`"),
+        ("a.png,1\na.png,2\n", None, r"gives a.png two labels, '1' and '2' \(lines 1 and 2\)"),
         ("file,label\n", None, "names no images"),
         ("a.png,1\nb.png,2\n", "a.png,1\n", "1 images are both labelled and test images: a.png"),
         ("a.png,1\nb.png,2\n", "c.png,7\n", "have classes the labelled images lack: 7"),
@@ -187,6 +194,116 @@ def test_bad_csvs_are_refused_in_one_line(tmp_path, labels_rows, test_rows, mess
         test_csv.write_text(test_rows)
     with pytest.raises(DataError, match=message):
         load_image_folder(tmp_path, labels_csv=tmp_path / "labels.csv", test_csv=test_csv)
+
+
+def spreadsheet_csv(rows: list[str], how: str) -> bytes:
+    """`file,label` rows as people save them: `how` is one way a spreadsheet or editor writes a CSV."""
+    if how == "quoted, spaces around values":
+        rows = [" , ".join(f'"{cell}"' for cell in row.split(",")) for row in rows]
+    if how == "blank and empty rows":
+        rows = ["", *rows[:2], ",", "", *rows[2:], ",,", "   "]
+    if how == "trailing empty column":
+        rows = [f"{row}," for row in rows]
+    if how == "windows paths":
+        rows = [row.replace("/", "\\") for row in rows]
+    text = ("\r\n" if how in ("CRLF", "excel") else "\n").join(rows) + "\n\n\n"
+    return ("\ufeff" if how in ("byte-order mark", "excel") else "").encode() + text.encode()
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "byte-order mark",
+        "CRLF",
+        "excel",
+        "quoted, spaces around values",
+        "blank and empty rows",
+        "trailing empty column",
+        "windows paths",
+    ],
+)
+@pytest.mark.parametrize("header", [True, False])
+def test_csvs_as_spreadsheets_save_them_give_the_same_split(tmp_path, caplog, how, header):
+    images, labels = digit_images(60)
+    classes = [f"n{c}" for c in range(10)]
+    flat_folder_with_csv(tmp_path, images, labels, classes, n_labeled=30, n_test=20)
+    plain = load_image_folder(
+        tmp_path, labels_csv=tmp_path / "labels.csv", test_csv=tmp_path / "test.csv", image_size=8
+    )
+    rows = (tmp_path / "labels.csv").read_text().splitlines()[1:]
+    test_rows = (tmp_path / "test.csv").read_text().splitlines()
+    head = ["file,label"] if header else []
+    (tmp_path / "saved-labels.csv").write_bytes(spreadsheet_csv(head + rows, how))
+    (tmp_path / "saved-test.csv").write_bytes(spreadsheet_csv(head + test_rows, how))
+    with caplog.at_level(logging.WARNING):
+        for test_csv in (tmp_path / "saved-test.csv", tmp_path / "test.csv"):
+            saved = load_image_folder(
+                tmp_path, labels_csv=tmp_path / "saved-labels.csv", test_csv=test_csv, image_size=8
+            )
+            assert saved.files == plain.files and saved.classes == plain.classes
+            assert torch.equal(saved.train_labels, plain.train_labels)
+            assert torch.equal(saved.test_images, plain.test_images) and torch.equal(
+                saved.test_labels, plain.test_labels
+            )
+            assert torch.equal(saved.extra_unlabeled, plain.extra_unlabeled)
+        # --labels-csv alone: the same labelled images, the test images unlabelled
+        alone = load_image_folder(tmp_path, labels_csv=tmp_path / "saved-labels.csv", image_size=8)
+        assert alone.files == plain.files and alone.classes == plain.classes
+    assert not caplog.records, caplog.text  # no phantom file, no class named `label`, no CSV as an image
+
+
+def test_bom_csvs_give_the_same_split_through_the_cli(tmp_path, capsys):
+    images, labels = digit_images(60)
+    flat_folder_with_csv(tmp_path, images, labels, [f"n{c}" for c in range(10)], n_labeled=30, n_test=20)
+    for name in ("labels.csv", "test.csv"):
+        (tmp_path / f"bom-{name}").write_bytes(b"\xef\xbb\xbf" + (tmp_path / name).read_bytes().replace(b"\n", b"\r\n"))
+    outputs = []
+    for prefix in ("", "bom-"):
+        args = ["data", "info", "folder", "--data-dir", str(tmp_path), "--image-size", "8", "--num-labels", "10"]
+        args += [
+            "--labels-csv",
+            str(tmp_path / f"{prefix}labels.csv"),
+            "--test-csv",
+            str(tmp_path / f"{prefix}test.csv"),
+        ]
+        assert main(args) == 0
+        captured = capsys.readouterr()
+        assert captured.err == ""
+        outputs.append(captured.out)
+    assert outputs[0] == outputs[1] and "folder: 30 train and 20 test images" in outputs[0]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"a.png,1\n\nb.png\n", r"bad.csv line 3 is 'b.png', not `file,label`"),
+        (b"\xef\xbb\xbffile,label\r\na.png,1\r\nb.png,1,extra\r\n", r"line 3 is 'b.png,1,extra', not `file,label`"),
+        (b"a.png,\n", r"line 1 is 'a.png', not `file,label`"),
+        (b"a.png,1\n,2\n", r"line 2 is ',2', not `file,label`"),
+        (b"a.png;1\nb.png;2\n", r"line 1 is 'a.png;1', not `file,label` \(separated by semicolons or tabs\?"),
+        (b"a.png\t1\n", r"line 1 is 'a.png\\t1', not `file,label` \(separated by semicolons or tabs\?"),
+        (b"filename,class\na.png,1\n", r"line 1 is 'filename,class': a header must be `file,label`, or none"),
+        (b"a.png,1\nc\xe9.png,2\n", r"bad.csv line 2 is not UTF-8 text; save the CSV as \"CSV UTF-8\""),
+        (
+            b'a.png,1\n"b.png,2\nc.png,3\n',
+            r"line 2 is 'b.png,2\\nc.png,3', not `file,label` \(a quote that is not closed\?\)",
+        ),
+        (b"a.png,1\nb.png,2\r\na.png, 2\r\n", r"gives a.png two labels, '1' and '2' \(lines 1 and 3\)"),
+    ],
+)
+def test_malformed_csvs_name_their_line(tmp_path, cli_error, content, message):
+    for name in ("a.png", "b.png", "c.png"):
+        save_png(tmp_path / name, np.zeros((4, 4), dtype=np.uint8))
+    (tmp_path / "bad.csv").write_bytes(content)
+    (tmp_path / "good.csv").write_text("c.png,1\n")
+    with pytest.raises(DataError, match=message):
+        load_image_folder(tmp_path, labels_csv=tmp_path / "bad.csv")
+    with pytest.raises(DataError, match=message):
+        load_image_folder(tmp_path, labels_csv=tmp_path / "good.csv", test_csv=tmp_path / "bad.csv")
+    folder = ["data", "info", "folder", "--data-dir", str(tmp_path)]
+    assert str(tmp_path / "bad.csv") in cli_error(*folder, "--labels-csv", str(tmp_path / "bad.csv"))
+    line = cli_error(*folder, "--labels-csv", str(tmp_path / "good.csv"), "--test-csv", str(tmp_path / "bad.csv"))
+    assert str(tmp_path / "bad.csv") in line
 
 
 # ---- the cache --------------------------------------------------------------------------------------------------
@@ -216,6 +333,55 @@ def test_cache_goes_to_the_user_cache_when_the_folder_is_not_writable(digit_fold
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     load_image_folder(digit_folder, image_size=8)
     assert len(list((tmp_path / "xdg" / "mixmatch").glob("images-*-8px-*.pt"))) == 1
+
+
+def test_a_cache_of_the_old_decoder_is_not_reused(tmp_path, monkeypatch):
+    """Caches written before 16-bit images were scaled hold their clipped pixels: they must be decoded again."""
+    dark = np.full((8, 8), 16_448, dtype=np.uint16)  # 64 * 257
+    for i in range(4):
+        save_png(tmp_path / "labeled" / ("a" if i % 2 else "b") / f"{i}.png", dark)
+
+    def clipping_decoder(path, size):  # the decoder of version 1: PIL's convert("L") clips I;16 to 255
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L").resize((size, size)))
+
+    monkeypatch.setattr(folder_module, "DECODER_VERSION", 1)
+    monkeypatch.setattr(folder_module, "_decode", clipping_decoder)
+    assert load_image_folder(tmp_path, image_size=8).train_images.min() == 255
+    monkeypatch.undo()
+    data = load_image_folder(tmp_path, image_size=8)
+    assert (data.train_images == 64).all()
+    assert len(list((tmp_path / ".mixmatch-cache").glob("*.pt"))) == 1  # the old cache is gone
+
+
+def two_class_folder(root, bits: int) -> None:
+    """Dark and bright textured 8x8 images (dark around 16,000 of 65,535, bright around 48,000), saved as
+    16-bit PNGs or as their 8-bit copies; 12 labelled, 12 unlabelled and 10 test images per class."""
+    rng = np.random.default_rng(0)
+    for c, (name, level) in enumerate([("dark", 16_000), ("bright", 48_000)]):
+        for i in range(34):
+            values = np.clip(level + rng.normal(0, 3_000, (8, 8)), 0, 65535)
+            image = values.astype(np.uint16) if bits == 16 else np.round(values / 257).astype(np.uint8)
+            where = ["labeled", name] if i < 12 else ["unlabeled"] if i < 24 else ["test", name]
+            save_png(root.joinpath(*where, f"{c}-{i}.png"), image)
+
+
+def test_16_bit_images_train_like_their_8_bit_copies(tmp_path, capsys):
+    for bits in (16, 8):
+        two_class_folder(tmp_path / f"{bits}bit", bits)
+    sixteen = load_image_folder(tmp_path / "16bit", image_size=8)
+    eight = load_image_folder(tmp_path / "8bit", image_size=8)
+    assert sixteen.shape == (1, 8, 8) and sixteen.files == [f.replace("16bit", "8bit") for f in eight.files]
+    assert (sixteen.train_images.int() - eight.train_images.int()).abs().max() <= 1
+    dark = sixteen.train_labels == sixteen.classes.index("dark")
+    assert abs(sixteen.train_images[dark].float().mean().item() - 16_000 / 257) < 3
+    accuracy = {}
+    for bits in (16, 8):
+        args = ["train", "--dataset", "folder", "--data-dir", str(tmp_path / f"{bits}bit"), "--image-size", "8"]
+        args += ["--arch", "cnn", "--steps", "50", "--batch-size", "8", "--ema-decay", "0.9", "--no-progress"]
+        assert main([*args, "--out", str(tmp_path / f"run{bits}")]) == 0
+        accuracy[bits] = json.loads(capsys.readouterr().out)["test_accuracy"]
+    assert accuracy[16] >= 0.95 and accuracy[8] >= 0.95 and abs(accuracy[16] - accuracy[8]) <= 0.05, accuracy
 
 
 # ---- splits, hold-out and `data info` ----------------------------------------------------------------------

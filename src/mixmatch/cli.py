@@ -109,7 +109,7 @@ DATA_INFO_FLAGS = (
 
 
 def run_data_info(args: argparse.Namespace) -> None:
-    from .data import choose_split, describe, load_for_config, save_split
+    from .splits import choose_split, describe_split, load_for_config, save_split
 
     cfg = config_from_args(args).resolved()
     data = load_for_config(cfg)
@@ -120,7 +120,7 @@ def run_data_info(args: argparse.Namespace) -> None:
         how = "every labelled image"
     else:
         how = f"seed {cfg.seed}, {cfg.num_labels} labels"
-    print(describe(data, split, how))
+    print(describe_split(data, split, how))
     if args.save_split:
         save_split(Path(args.save_split), cfg.dataset, split, cfg.seed, data)
         print(f"split written to {args.save_split}")
@@ -237,8 +237,8 @@ def run_experiment_command(args: argparse.Namespace) -> None:
         for path in all_figures(args.out):
             print(path)
     elif args.command == "demo":
-        from .data import load_dataset
         from .demo import sharpening_demo
+        from .loaders import load_dataset
 
         data = load_dataset(args.dataset, args.data_dir, args.download)
         out = Path(args.out or f"runs/demo-{args.dataset}")
@@ -262,7 +262,7 @@ def run_experiment_command(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoint import CheckpointError
-    from .data import DataError
+    from .dataset import DataError
     from .distributed import ProcessGroup
     from .train import TrainingDiverged, TrainingInterrupted
 

@@ -22,8 +22,9 @@ import torch.nn.functional as F
 
 from . import algorithm as A
 from .augment import normalize
-from .data import ImageDataset, labeled_split
+from .dataset import ImageDataset
 from .models import SmallCNN
+from .splits import labeled_split
 
 
 def train_pseudo_label(data: ImageDataset, T: float, seed: int, num_labels: int = 500, epochs: int = 10,

@@ -16,10 +16,11 @@ from torch import Tensor, nn
 
 from . import checkpoint as C
 from .augment import normalize
+from .dataset import DataError
+from .images import is_image_file, load_image
 from .models import build_model
 
 MODEL_FORMAT = "mixmatch-model/1"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -75,39 +76,29 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def read_image(path: Path, channels: int, size: int) -> Tensor:
-    """One image file as uint8 (C, size, size), prepared as `--dataset folder` prepares training images:
-    turned upright by its EXIF tag, converted to the model's channels, its shorter side scaled to `size`
-    and centre-cropped to a square (an image of the model's size is left as it is)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image).convert("L" if channels == 1 else "RGB")
-            if image.size != (size, size):
-                image = ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)
-            array = np.asarray(image, dtype=np.uint8)
-    except UnidentifiedImageError:
-        raise C.CheckpointError(f"{path} is not an image file that PIL can read") from None
-    except Exception as error:  # PIL's plugins raise OSError, SyntaxError, struct.error... on damaged files
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise C.CheckpointError(f"cannot read image {path}: {reason}") from None
+    """One image file as uint8 (C, size, size), prepared as `--dataset folder` prepares training images
+    (`images.load_image`: upright, 8 bits, the model's channels, scaled and centre-cropped).
+    Raises ImageError with one line for a file that is not a readable image."""
+    array = load_image(path, size, channels)
     tensor = torch.from_numpy(array.copy())
     return tensor.unsqueeze(0) if channels == 1 else tensor.permute(2, 0, 1)
 
 
 def image_files(inputs: list[str | Path]) -> list[Path]:
-    """Files named, and the image files (by suffix) anywhere under folders named, in order."""
+    """Files named, and the image files (by suffix) anywhere under folders named, in order.
+
+    Raises DataError for a name that does not exist and a folder without image files."""
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p))
             if not found:
-                raise C.CheckpointError(f"no image files in {item}")
+                raise DataError(f"no image files in {item}")
             files += found
         elif item.is_file():
             files.append(item)
         else:
-            raise C.CheckpointError(f"{item} does not exist")
+            raise DataError(f"{item} does not exist")
     return files
 
 
@@ -163,7 +154,7 @@ def evaluate(
     model_path: str | Path, dataset: str, data_dir: str | None = None, out: str | Path | None = None
 ) -> dict[str, Any]:
     """Accuracy of an exported model on the test split of a registered data set, and a confusion matrix PNG."""
-    from .data import load_dataset
+    from .loaders import load_dataset
 
     model, meta = load_model(model_path)
     data = load_dataset(dataset, data_dir)

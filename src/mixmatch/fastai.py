@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from . import algorithm as A
 from .augment import crop_flip
-from .data import ImageDataset
+from .dataset import ImageDataset
 from .ema import EMA
 from .models import build_model
 

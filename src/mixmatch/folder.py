@@ -9,16 +9,23 @@ a labels CSV    ROOT/**/<image> and --labels-csv FILE with rows `file,label` (fi
                 `file,label` header); every image the CSV does not name is unlabelled. --test-csv FILE, in the
                 same format, names the test images.
 
-Hidden files and folders (a leading dot) are passed over, so the cache in ROOT/.mixmatch-cache is never read
-as an image. Every image is scaled so its shorter side is --image-size and centre-cropped to a square; if any
-image has colour, all become RGB (grey ones are repeated over three channels), else all stay grey. Files that
-PIL cannot read are reported and skipped, or refused with strict=True.
+An <image> is a file with an image suffix (`images.IMAGE_SUFFIXES`: .png, .jpg, .tif, ...); other files, such
+as CSVs and notes, are passed over, and so are hidden files and folders (a leading dot), so the cache in
+ROOT/.mixmatch-cache is never read as an image. A file a CSV names is read whatever its suffix. CSVs are read
+as spreadsheets save them (byte-order mark, CRLF, quoted fields, spaces around values, blank lines); a row
+that is not `file,label` stops the run with its file and line number.
+
+Every image is decoded by `images.load_image` (upright, every mode and bit depth scaled to 8 bits, shorter
+side scaled to --image-size and centre-cropped to a square); if any image has colour, all become RGB (grey
+ones are repeated over three channels), else all stay grey. Files that PIL cannot read are reported and
+skipped, or refused with strict=True.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -30,12 +37,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import DataError, ImageDataset
+from .dataset import DataError, ImageDataset
+from .images import DECODER_VERSION, ImageError, is_image_file, load_image
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when decoding changes, so that old caches are not re-used
-GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+CACHE_VERSION = 1  # bump when the cache file's format changes; DECODER_VERSION covers its pixels
 
 
 def _natural_key(text: str) -> list[int | str]:
@@ -44,36 +51,79 @@ def _natural_key(text: str) -> list[int | str]:
 
 
 def _scan(folder: Path, root: Path) -> list[str]:
-    """Every non-hidden file under `folder`, as sorted paths relative to `root` with forward slashes."""
+    """Every non-hidden image file (by suffix) under `folder`, as sorted paths relative to `root` with
+    forward slashes; other files (CSVs, notes) are passed over."""
     found = []
     for directory, subdirs, files in os.walk(folder):
         subdirs[:] = [d for d in subdirs if not d.startswith(".")]
-        found += [Path(directory, f).relative_to(root).as_posix() for f in files if not f.startswith(".")]
+        kept = [f for f in files if not f.startswith(".") and is_image_file(f)]
+        found += [Path(directory, f).relative_to(root).as_posix() for f in kept]
     return sorted(found)
 
 
-def _read_csv(path: Path, root: Path) -> list[tuple[str, str]]:
-    """(file relative to root, label) rows of a `file,label` CSV; a header row `file,label` is skipped."""
+def _csv_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of each row of a CSV that holds a value, as spreadsheets save them.
+
+    Read as UTF-8 with or without a byte-order mark ("CSV UTF-8" of spreadsheets), any line ends (CRLF),
+    quoted fields, spaces around values; blank lines and rows of empty cells are passed over, and so are
+    empty cells at the end of a row.
+    """
     try:
-        with path.open(newline="") as handle:
-            rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"cannot read the CSV {path} ({error})") from None
-    if rows and [cell.strip().lower() for cell in rows[0]] == ["file", "label"]:
-        rows = rows[1:]
-    entries: dict[str, str] = {}
-    for number, row in enumerate(rows, 1):
-        if len(row) != 2 or not row[0].strip() or not row[1].strip():
-            raise DataError(f"{path}: row {number} is {','.join(row)!r}, not `file,label`")
-        file, label = Path(row[0].strip()), row[1].strip()
+        raw = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"cannot read the CSV {path} ({error.strerror or error})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(f'{path} line {line} is not UTF-8 text; save the CSV as "CSV UTF-8"') from None
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
+    rows, line = [], 1
+    try:
+        for row in reader:
+            cells = [cell.strip() for cell in row]
+            while cells and not cells[-1]:  # trailing empty columns, as spreadsheets write them
+                cells.pop()
+            if cells:
+                rows.append((line, cells))
+            line = reader.line_num + 1
+    except csv.Error as error:
+        raise DataError(f"{path} line {reader.line_num} is not CSV ({error})") from None
+    return rows
+
+
+def _read_csv(path: Path, root: Path) -> list[tuple[str, str]]:
+    """(file relative to root, label) rows of a `file,label` CSV; a header row `file,label` is skipped.
+
+    Raises DataError naming the file and line of a row that is not `file,label`, a header that is not
+    `file,label`, or a file given two labels.
+    """
+    rows = _csv_rows(path)
+    header = bool(rows) and [cell.lower() for cell in rows[0][1]] == ["file", "label"]
+    entries: dict[str, tuple[str, int]] = {}
+    for number, cells in rows[1:] if header else rows:
+        if len(cells) != 2 or not all(cells):
+            hint = ""
+            if any("\n" in cell for cell in cells):
+                hint = " (a quote that is not closed?)"
+            elif len(cells) == 1 and (";" in cells[0] or "\t" in cells[0]):
+                hint = " (separated by semicolons or tabs? mixmatch reads commas)"
+            raise DataError(f"{path} line {number} is {','.join(cells)!r}, not `file,label`{hint}")
+        # A CSV written on Windows may name files with backslashes.
+        file, label = Path(cells[0].replace("\\", "/")), cells[1]
+        if not header and number == rows[0][0] and not is_image_file(file) and not (root / file).exists():
+            raise DataError(f"{path} line {number} is {','.join(cells)!r}: a header must be `file,label`, or none")
         if file.is_absolute() and file.resolve().is_relative_to(root.resolve()):
             file = file.resolve().relative_to(root.resolve())  # one name per image, however the CSV spells it
         name = os.path.normpath(file).replace(os.sep, "/")
-        if entries.setdefault(name, label) != label:
-            raise DataError(f"{path} gives {name} two labels, {entries[name]!r} and {label!r}")
+        first = entries.setdefault(name, (label, number))
+        if first[0] != label:
+            raise DataError(
+                f"{path} gives {name} two labels, {first[0]!r} and {label!r} (lines {first[1]} and {number})"
+            )
     if not entries:
         raise DataError(f"the CSV {path} names no images")
-    return list(entries.items())
+    return [(name, label) for name, (label, _) in entries.items()]
 
 
 def _class_folders(folder: Path, root: Path) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str]]]:
@@ -85,26 +135,17 @@ def _class_folders(folder: Path, root: Path) -> tuple[list[str], list[tuple[str,
         if child.is_dir():
             classes.append(child.name)
             entries += [(name, child.name) for name in _scan(child, root)]
-        else:
+        elif is_image_file(child):
             loose.append((child.relative_to(root).as_posix(), "not inside a class folder"))
     return classes, entries, loose
 
 
 def _decode(path: Path, size: int) -> np.ndarray | str:
     """The image at `path` as (size, size) grey or (size, size, 3) RGB uint8, or why it cannot be read."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     try:
-        with Image.open(path) as image:
-            # JPEG decoders can scale down by up to 8x while decoding: much faster on photos.
-            image.draft(image.mode, (size, size))
-            image = ImageOps.exif_transpose(image)
-            image = image.convert("L" if image.mode in GREY_MODES else "RGB")
-            return np.asarray(ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC))
-    except UnidentifiedImageError:
-        return "not an image"
-    except Exception as error:  # PIL's plugins raise many types (OSError, SyntaxError, struct.error...) on bad files
-        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'unreadable'}"[:80]
+        return load_image(path, size)
+    except ImageError as error:
+        return error.reason
 
 
 def _cache_dirs(root: Path) -> list[Path]:
@@ -126,7 +167,7 @@ def _decode_all(root: Path, names: list[str], size: int) -> tuple[Tensor, list[s
             stats.append((name, info.st_size, info.st_mtime_ns))
         except OSError as error:  # e.g. a broken symbolic link
             missing.append((name, error.strerror or "cannot read"))
-    key = hashlib.sha256(json.dumps([CACHE_VERSION, size, stats]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([CACHE_VERSION, DECODER_VERSION, size, stats]).encode()).hexdigest()[:16]
     prefix = f"images-{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]}-{size}px"
     for folder in _cache_dirs(root):
         cached = folder / f"{prefix}-{key}.pt"
@@ -224,8 +265,7 @@ def load_image_folder(
     if overlap:
         raise DataError(f"{len(overlap)} images are both labelled and test images: {', '.join(sorted(overlap)[:3])}")
     named = {name for name, _ in labelled + test}
-    csv_files = {Path(p).resolve() for p in (labels_csv, test_csv) if p is not None}
-    unlabelled = [n for n in unlabelled if n not in named and (root / n).resolve() not in csv_files]
+    unlabelled = [n for n in unlabelled if n not in named]
     absent = {name for name in named if not (root / name).is_file()}  # only a CSV can name a file that is not there
     bad += [(name, "named in the CSV, not found") for name in sorted(absent)]
     labelled = [(n, c) for n, c in labelled if n not in absent]

@@ -27,12 +27,13 @@ from . import algorithm as A
 from . import checkpoint as C
 from .augment import Augmenter
 from .config import TrainConfig, augmentation_of
-from .data import ImageDataset, choose_split, load_for_config, save_split
+from .dataset import ImageDataset
 from .distributed import ProcessGroup
 from .distributed import stop as stop_process_group
 from .ema import EMA
 from .metrics import MetricsLog, require_tensorboard
 from .models import build_model
+from .splits import choose_split, load_for_config, save_split
 
 
 class TrainingDiverged(RuntimeError):
