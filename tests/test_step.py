@@ -61,11 +61,12 @@ def test_lambda_u_ramps_up_linearly_then_stays():
     assert MixMatchStep(lambda_u=75, rampup_steps=0).lambda_u_at(0) == 75.0
 
 
-def test_loss_weights_l_u_by_the_ramped_lambda_u():
+def test_loss_weights_l_u_by_the_given_lambda_u():
     torch.manual_seed(0)
     lx, lu, tu = torch.randn(4, 3), torch.randn(8, 3), torch.softmax(torch.randn(8, 3), -1)
     tx = F.one_hot(torch.tensor([0, 1, 2, 0]), 3).float()
-    total, loss_x, loss_u = MixMatchStep(lambda_u=75, rampup_steps=4).loss(lx, tx, lu, tu, step=2)
+    step = MixMatchStep(lambda_u=75, rampup_steps=4)
+    total, loss_x, loss_u = step.loss(lx, tx, lu, tu, step.lambda_u_at(2))
     torch.testing.assert_close(total, loss_x + 37.5 * loss_u)
     torch.testing.assert_close(loss_x, A.soft_cross_entropy(lx, tx))
     torch.testing.assert_close(loss_u, A.l2_consistency(lu, tu))

@@ -97,7 +97,7 @@ def test_mixmatch_learns_digits(tmp_path, digits):
 
 def test_nan_loss_stops_with_the_step(tmp_path, digits, monkeypatch):
     trainer = Trainer(config(tmp_path), digits)
-    monkeypatch.setattr(trainer.mixmatch, "lambda_u_at", lambda step: float("nan"))
+    monkeypatch.setattr(trainer, "lambda_u", lambda: float("nan"))
     with pytest.raises(TrainingDiverged, match="at step 5"):
         trainer.fit()
 

@@ -27,7 +27,7 @@ How a training batch flows (shapes: B labelled, K views, L classes, images (C, H
     forward        the Learner's own call of its model on the whole mixed batch, so MixedPrecision,
                    ChannelsLast etc. apply unchanged: one pass (bn_mode='concat'), or with bn_mode='interleave'
                    the model's forward is step.forward_mixed's K+1 interleaved passes for this one call
-    loss           step.loss(pred[:B], p', pred[B:], q', step count): L_X + lambda_u ramped * L_U
+    loss           step.loss(pred[:B], p', pred[B:], q', step.lambda_u_at(steps_done)): L_X + lambda_u * L_U
     validation     the Learner's own loss_func (cross-entropy) and metrics, on plain batches
 """
 
@@ -292,7 +292,7 @@ class MixMatchCallback(Callback):
             return self._old_lf(pred, *yb)
         n, targets = self._n_labeled, yb[0]
         self._n_labeled = None
-        total, loss_x, loss_u = self.mixmatch.loss(pred[:n], targets[:n], pred[n:], targets[n:], self.steps_done)
+        total, loss_x, loss_u = self.mixmatch.loss(pred[:n], targets[:n], pred[n:], targets[n:], self.lambda_u_now)
         self.loss_x, self.loss_u = loss_x.detach(), loss_u.detach()
         return total
 

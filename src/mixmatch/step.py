@@ -208,10 +208,11 @@ class MixMatchStep:
         return logits[0], torch.cat(logits[1:])
 
     def loss(
-        self, logits_x: Tensor, targets_x: Tensor, logits_u: Tensor, targets_u: Tensor, step: int
+        self, logits_x: Tensor, targets_x: Tensor, logits_u: Tensor, targets_u: Tensor, lambda_u: float | Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """(total, L_X, L_U) scalars: L_X + lambda_u_at(step) * L_U (paper eqs. 2-5, `algorithm.mixmatch_loss`).
+        """(total, L_X, L_U) scalars: L_X + lambda_u * L_U (paper eqs. 2-5, `algorithm.mixmatch_loss`).
 
-        logits_x, targets_x: (B, L) for X'; logits_u, targets_u: (K*B, L) for U'.
+        logits_x, targets_x: (B, L) for X'; logits_u, targets_u: (K*B, L) for U'; lambda_u: the weight at
+        this step, `lambda_u_at(step)` (the front end's to pass, so that it reports the weight it used).
         """
-        return A.mixmatch_loss(logits_x, targets_x, logits_u, targets_u, self.lambda_u_at(step))
+        return A.mixmatch_loss(logits_x, targets_x, logits_u, targets_u, lambda_u)

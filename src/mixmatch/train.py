@@ -248,7 +248,7 @@ class Trainer:
         x_mix, p_mix, u_mix, q_mix = self.mixmatch.mix(x, p, u_views, q)
         with self._autocast():
             logits_x, logits_u = self.mixmatch.forward_mixed(self.model, x_mix, u_mix, self.forward)
-        return self.mixmatch.loss(logits_x, p_mix, logits_u, q_mix, self.step)
+        return self.mixmatch.loss(logits_x, p_mix, logits_u, q_mix, self.lambda_u())
 
     def guess(self, u_views: Tensor, update_alignment: bool = True) -> Tensor:
         """Guessed labels q (B, L) of (K, B, C, H, W) views, as a step makes them (`MixMatchStep.guess`, in the
