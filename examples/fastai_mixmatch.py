@@ -30,6 +30,7 @@ import torch
 from mixmatch.config import PRESETS, augmentation_of
 from mixmatch.data import DATASETS, DataError, labeled_split, load_dataset
 from mixmatch.models import ARCHITECTURES
+from mixmatch.step import BN_MODES, MIX_MODES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="ramp-up of lambda_u in steps (default: the preset's, at most 40%% of the run, as the digits preset)",
     )
+    p.add_argument("--mix", default="all", choices=MIX_MODES, help="what MixUp mixes (the Trainer's --mix)")
+    p.add_argument(
+        "--bn-mode",
+        default="concat",
+        choices=BN_MODES,
+        help="concat: one forward pass over X' and U'; interleave: the official code's K+1 passes",
+    )
+    p.add_argument(
+        "--distribution-alignment", action="store_true", help="align guesses to the labelled class distribution"
+    )
     p.add_argument("--ema-decay", type=float, default=0.999, help="EMA of the evaluated weights; 0: raw weights")
     p.add_argument("--seed", type=int, default=0, help="seed of the labelled split and of training")
     p.add_argument("--no-baseline", action="store_true", help="skip the labelled-only Learner")
@@ -67,8 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         from mixmatch.fastai import image_dataloaders, mixmatch_learner
-    except ImportError:
-        print("this example needs fastai: pip install 'mixmatch[fastai]'", file=sys.stderr)
+    except ImportError as error:  # FastaiMissingError says what to install
+        print(f"error: {error}", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -97,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{args.dataset}: {len(split)} labelled, {pool.shape[0]} unlabelled, {data.test_images.shape[0]} test; "
         f"{arch}, {args.epochs} epochs x {args.iters_per_epoch} steps, K {args.K}, T {args.T}, alpha {alpha}, "
-        f"lambda_u {lambda_u} (ramp-up {rampup} steps), EMA {args.ema_decay}"
+        f"lambda_u {lambda_u} (ramp-up {rampup} steps), mix {args.mix}, BatchNorm {args.bn_mode}, "
+        f"distribution alignment {'on' if args.distribution_alignment else 'off'}, EMA {args.ema_decay}"
     )
     runs = [("mixmatch", pool)] + ([] if args.no_baseline else [("labelled-only", None)])
     results = []
@@ -114,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             alpha=alpha,
             lambda_u=lambda_u,
             rampup_steps=rampup,
+            mix=args.mix,
+            bn_mode=args.bn_mode,
+            distribution_alignment=args.distribution_alignment,
             ema_decay=args.ema_decay,
             path=scratch.name,
         )

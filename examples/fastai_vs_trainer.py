@@ -4,7 +4,8 @@ Both sides: the digits data set, the same class-balanced labelled split per seed
 training set as unlabelled data, small CNN, batch 64, K 2, T 0.5, alpha 0.75, lambda_u 75 ramped over
 `--rampup-steps`, Adam lr 0.002 (betas 0.9/0.999, eps 1e-8) at a constant rate, decoupled weight decay
 0.02 on conv/linear weights, EMA 0.999 of weights and buffers (the evaluated model), one forward pass over
-the mixed batch, float32, `--steps` steps, test accuracy of the EMA model at the end.
+the mixed batch, float32, `--steps` steps, test accuracy of the EMA model at the end. `--mix`, `--bn-mode`
+and `--distribution-alignment` set the same option on both sides (both run `mixmatch.step.MixMatchStep`).
 
     Trainer  mixmatch.train.Trainer(TrainConfig(dataset="digits", amp="off", ...)): the `mixmatch train` path
     fastai   image_dataloaders + mixmatch_learner (MixMatchCallback + EMACallback), learn.fit(epochs, 2e-3)
@@ -38,6 +39,7 @@ import torch
 
 from mixmatch.config import TrainConfig, augmentation_of
 from mixmatch.data import ImageDataset, labeled_split, load_dataset
+from mixmatch.step import BN_MODES, MIX_MODES
 from mixmatch.train import Trainer, seed_everything
 
 DATASET = "digits"
@@ -62,6 +64,9 @@ def trainer_run(data: ImageDataset, seed: int, args: argparse.Namespace, out: Pa
         steps=args.steps,
         rampup_steps=args.rampup_steps,
         eval_every=args.eval_every,
+        mix=args.mix,
+        bn_mode=args.bn_mode,
+        distribution_alignment=args.distribution_alignment,
         amp="off",  # float32, as the fastai Learner (the Trainer's 'auto' would use bf16 on CPUs that have it)
         device="cpu",
         progress=False,
@@ -93,6 +98,9 @@ def fastai_run(data: ImageDataset, seed: int, args: argparse.Namespace, out: Pat
             alpha=config.alpha,
             lambda_u=config.lambda_u,
             rampup_steps=args.rampup_steps,
+            mix=args.mix,
+            bn_mode=args.bn_mode,
+            distribution_alignment=args.distribution_alignment,  # labelled marginal: the 50 labels, repeated
             ema_decay=config.ema_decay,
             wd=config.weight_decay,
             path=scratch,
@@ -124,11 +132,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rampup-steps", type=int, default=800, help="lambda_u ramp-up (preset: 2000 of 5000)")
     parser.add_argument("--eval-every", type=int, default=250, help="steps between test evaluations (fastai epoch)")
     parser.add_argument("--num-labels", type=int, default=50)
+    parser.add_argument("--mix", default="all", choices=MIX_MODES, help="what MixUp mixes, on both sides")
+    parser.add_argument("--bn-mode", default="concat", choices=BN_MODES, help="BatchNorm mode, on both sides")
+    parser.add_argument("--distribution-alignment", action="store_true", help="on both sides")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     parser.add_argument("--out", default="results/fastai-vs-trainer")
     args = parser.parse_args(argv)
     if args.steps % args.eval_every:
         parser.error("--steps must be a multiple of --eval-every (one fastai epoch)")
+    try:
+        import mixmatch.fastai  # noqa: F401
+    except ImportError as error:  # FastaiMissingError says what to install
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     import fastai
 
     torch.set_num_threads(args.threads)
@@ -151,6 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_labels=args.num_labels,
         steps=args.steps,
         rampup_steps=args.rampup_steps,
+        mix=args.mix,
+        bn_mode=args.bn_mode,
+        distribution_alignment=args.distribution_alignment,
         seeds=args.seeds,
         runs=runs,
         accuracy={name: spread(values) for name, values in acc.items()},
@@ -172,7 +191,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"`{r['command']}`",
         "",
         f"Small CNN, {r['steps']} steps of batch 64, K 2, T 0.5, alpha 0.75, lambda_u 75 ramped over "
-        f"{r['rampup_steps']} steps, Adam 0.002 constant, weight decay 0.02, EMA 0.999 (evaluated), float32. "
+        f"{r['rampup_steps']} steps, mix {r['mix']}, BatchNorm {r['bn_mode']}, distribution alignment "
+        f"{'on' if r['distribution_alignment'] else 'off'}, Adam 0.002 constant, weight decay 0.02, "
+        "EMA 0.999 (evaluated), float32. "
         f"{r['hardware']['cpu']}, {r['hardware']['cores']} cores, {r['hardware']['torch_threads']} torch thread(s); "
         f"Python {r['versions']['python']}, torch {r['versions']['torch']}, fastai {r['versions']['fastai']}.",
         "",

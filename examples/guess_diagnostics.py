@@ -1,7 +1,8 @@
 """How right are MixMatch's guessed labels during training, and which classes do they predict?
 
 Trains one MixMatch run with the Trainer and, every --every steps, guesses labels (K views, averaged,
-sharpened, BatchNorm statistics frozen, exactly as a training step does) for a fixed sample of
+sharpened, BatchNorm statistics frozen, exactly as a training step does, without moving the running
+marginal of distribution alignment, which only training batches feed) for a fixed sample of
 unlabelled training images whose true labels the benchmark data sets know. Writes one JSON line per
 check: guess accuracy, mean confidence and how many images each class is guessed for.
 
@@ -23,7 +24,7 @@ from mixmatch.train import Trainer
 
 def guess_record(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> dict:
     trainer.model.train()
-    q = trainer.guess(trainer.augment.views(images, trainer.config.k))
+    q = trainer.guess(trainer.augment.views(images, trainer.config.k), update_alignment=False)
     confidence, guess = q.max(-1)
     return dict(step=trainer.step, guess_accuracy=(guess == labels).float().mean().item(),
                 mean_confidence=confidence.mean().item(),

@@ -5,6 +5,7 @@ import math
 import random
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -22,9 +23,12 @@ from fastai.torch_core import TensorImage  # noqa: E402
 
 from mixmatch import algorithm as A  # noqa: E402
 from mixmatch.augment import Augmenter  # noqa: E402
+from mixmatch.config import TrainConfig  # noqa: E402
 from mixmatch.data import labeled_split, load_dataset  # noqa: E402
 from mixmatch.fastai import MixMatchCallback, image_dataloaders, mixmatch_learner  # noqa: E402
 from mixmatch.models import build_model  # noqa: E402
+from mixmatch.step import MIX_MODES, class_marginal  # noqa: E402
+from mixmatch.train import Trainer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,6 +63,30 @@ def test_import_mixmatch_does_not_import_fastai():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+MISSING = 'mixmatch.fastai needs fastai, which is not installed (fastai is missing): pip install "mixmatch[fastai]"'
+
+
+def test_import_without_fastai_says_in_one_line_what_to_install():
+    """fastai absent (None in sys.modules is how Python marks a module that cannot be imported)."""
+    catch = textwrap.dedent("""
+        import sys
+        sys.modules["fastai"] = None
+        try:
+            import mixmatch.fastai
+        except ModuleNotFoundError as error:  # so `except ImportError` in users' code still works
+            print(type(error).__name__, error.name)
+            print(error)
+    """)
+    out = subprocess.run([sys.executable, "-c", catch], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["FastaiMissingError fastai", MISSING]
+
+    bare = "import sys; sys.modules['fastai'] = None; import mixmatch.fastai"
+    run = subprocess.run([sys.executable, "-c", bare], capture_output=True, text=True)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == f"mixmatch.fastai.FastaiMissingError: {MISSING}"
+    assert "During handling" not in run.stderr  # fastai's own ModuleNotFoundError is not chained on
+
+
 class Capture(Callback):
     """Saves the state just before MixMatchCallback's before_batch of training batch `at`, and the loss."""
 
@@ -70,16 +98,19 @@ class Capture(Callback):
 
     def before_batch(self):
         if self.train_iter == self.at:
+            marginal = self.learn.mix_match.mixmatch.guess_marginal
             self.state = dict(
                 x=self.xb[0].as_subclass(torch.Tensor).clone(),
                 y=self.yb[0].as_subclass(torch.Tensor).clone(),
                 weights=copy.deepcopy(self.learn.model.state_dict()),
                 rng=torch.get_rng_state(),
+                marginal=None if marginal is None else marginal.clone(),
             )
 
     def after_loss(self):
         if self.train_iter == self.at:
             self.reported = self.learn.loss.item()
+            self.marginal_after = self.learn.mix_match.mixmatch.guess_marginal
             raise CancelFitException()
 
 
@@ -229,3 +260,113 @@ def test_an_unlabelled_dataloader_is_cycled_on_fashion_mnist(tmp_path, shared_da
     assert math.isfinite(train_loss) and math.isfinite(valid_loss)
     # Ten classes: 0.1 by chance. Twelve steps reach 0.31-0.47 over seeds; 0.2 leaves room for all of them.
     assert acc > 0.2
+
+
+@pytest.mark.parametrize(
+    ("mix", "bn_mode", "alignment"),
+    [("all", "concat", False), ("separate", "interleave", True), ("labeled", "concat", True),
+     ("unlabeled", "interleave", False)],
+)
+def test_trainer_and_callback_give_the_same_loss_on_the_same_batch_and_draws(tmp_path, digits, mix, bn_mode, alignment):
+    """Both front ends run one MixMatchStep: the callback's loss of a batch is the Trainer's, bit for bit.
+
+    The Trainer's seam is mixmatch_loss_of(x, y, views), which its own mixmatch_loss calls after drawing
+    the batch; the callback draws the unlabelled batch and its views as the Trainer does (randint from the
+    same pool, the same Augmenter), so from the same RNG state both then guess, mix and forward alike.
+    """
+    settings = dict(k=2, temperature=0.5, alpha=0.75, lambda_u=75, rampup_steps=4, mix=mix, bn_mode=bn_mode)
+    cfg = TrainConfig(dataset="digits", arch="cnn", batch_size=16, amp="off", device="cpu", compile="off",
+                      ema_decay=0, distribution_alignment=alignment, progress=False, out=str(tmp_path / "run"),
+                      **settings)
+    trainer = Trainer(cfg, digits)
+    dls = image_dataloaders(digits, trainer.split, bs=16, iters_per_epoch=4, pad=1, flip=False, device="cpu")
+    learn = mixmatch_learner(dls, trainer.unlabeled_x, arch="cnn", augment=trainer.augment, K=2, T=0.5,
+                             alpha=0.75, lambda_u=75, rampup_steps=4, mix=mix, bn_mode=bn_mode,
+                             distribution_alignment=alignment,
+                             labeled_marginal=trainer.labeled_marginal if alignment else None,
+                             ema_decay=0, path=tmp_path)
+    capture = Capture(at=2)  # lambda_u = 75 * 2/4: both parts of the loss count
+    learn.fit(1, 1e-3, cbs=capture)
+    s = capture.state
+
+    def trainer_loss(T):
+        trainer.mixmatch.T = T
+        trainer.model.load_state_dict(s["weights"])
+        trainer.model.train()
+        trainer.step = 2
+        if alignment:
+            trainer.guess_marginal.copy_(s["marginal"])
+        torch.set_rng_state(s["rng"])
+        pool = trainer.unlabeled_x
+        u_views = trainer.augment.views(pool[torch.randint(pool.shape[0], (16,))], 2)
+        return trainer.mixmatch_loss_of(s["x"], s["y"], u_views)
+
+    total, loss_x, loss_u = trainer_loss(0.5)
+    assert loss_u.item() > 0 and learn.mix_match.lambda_u_now == 37.5
+    assert capture.reported == total.item()
+    assert learn.mix_match.loss_x.item() == loss_x.item() and learn.mix_match.loss_u.item() == loss_u.item()
+    if alignment:
+        assert not torch.equal(s["marginal"], torch.full((10,), 0.1))  # moved by the two batches before
+        assert torch.equal(trainer.guess_marginal, capture.marginal_after)
+    # The comparison sees a step that differs: another T, or no sharpening at all (T = 1).
+    for T in (0.4, 1.0):
+        assert abs(trainer_loss(T)[0].item() - capture.reported) > 1e-4
+
+
+@pytest.mark.parametrize("mix", MIX_MODES)
+def test_the_callback_trains_with_distribution_alignment_and_each_mix_mode(tmp_path, digits, split, mix):
+    learn = make_learner(tmp_path, digits, split, iters=3, rampup_steps=3, mix=mix, distribution_alignment=True)
+    loss_func = learn.loss_func
+    learn.fit(1, 1e-3)
+    mm = learn.mix_match
+    assert mm.steps_done == 3 and learn.loss_func is loss_func and mm.mixmatch.mix_mode == mix
+    # The labelled marginal is counted over the training loader's items: 48 of the 50 labelled images.
+    torch.testing.assert_close(mm.mixmatch.labeled_marginal, class_marginal(digits.train_labels[split[:48]], 10))
+    marginal = mm.mixmatch.guess_marginal
+    assert not torch.allclose(marginal, torch.full((10,), 0.1))
+    torch.testing.assert_close(marginal.sum(), torch.tensor(1.0))
+    train_loss, valid_loss, acc = learn.recorder.values[-1]
+    assert math.isfinite(train_loss) and math.isfinite(valid_loss) and 0 <= acc <= 1
+    assert math.isfinite(mm.loss_u.item()) and mm.loss_u.item() > 0
+
+
+def test_lr_find_leaves_the_alignment_marginal_as_it_was(tmp_path, digits, split):
+    learn = make_learner(tmp_path, digits, split, iters=3, distribution_alignment=True)
+    learn.lr_find(num_it=4, show_plot=False)
+    assert torch.equal(learn.mix_match.mixmatch.guess_marginal, torch.full((10,), 0.1))
+    learn.fit(1, 1e-3)
+    assert not torch.equal(learn.mix_match.mixmatch.guess_marginal, torch.full((10,), 0.1))
+
+
+class RaiseAfterPred(Callback):
+    """Cancel the fit after the first prediction, before MixMatchCallback's after_pred."""
+
+    run_valid = False
+    order = MixMatchCallback.order - 1
+
+    def after_pred(self):
+        raise CancelFitException()
+
+
+def test_interleave_updates_batchnorm_once_per_step_and_gives_the_forward_back(tmp_path, digits, split):
+    learn = make_learner(tmp_path, digits, split, iters=3, bn_mode="interleave")
+    model = learn.model
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    learn.fit(1, 1e-3)
+    # Each step: guessing and the second and third interleaved passes leave the running statistics alone.
+    assert int(bn.num_batches_tracked) == 3
+    assert "forward" not in vars(model) and math.isfinite(learn.recorder.values[-1][0])
+    learn.fit(1, 1e-3, cbs=RaiseAfterPred())  # cancelled while the interleaved forward is installed
+    assert "forward" not in vars(model) and int(bn.num_batches_tracked) == 4
+
+
+def test_bad_callback_settings_are_refused(tmp_path, digits, split):
+    with pytest.raises(ValueError, match="labeled_marginal is the target of distribution_alignment"):
+        MixMatchCallback(digits.train_images, labeled_marginal=torch.full((10,), 0.1))
+    with pytest.raises(ValueError, match="mix must be one of"):
+        MixMatchCallback(digits.train_images, mix="both")
+    pool = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(digits.train_images[:64]), batch_size=8)
+    learn = make_learner(tmp_path, digits, split, iters=2, unlabeled=pool, bn_mode="interleave")
+    with pytest.raises(ValueError, match="interleave' needs unlabelled batches as large as the labelled ones"):
+        learn.fit(1, 1e-3)
+    assert "forward" not in vars(learn.model)

@@ -73,9 +73,9 @@ def test_interleave_and_concat_give_the_same_logits_in_eval_mode(tmp_path, digit
     trainer = Trainer(config(tmp_path, amp="off"), digits)
     trainer.model.eval()
     x, u = torch.randn(64, 1, 8, 8), torch.randn(128, 1, 8, 8)
-    concat = trainer._forward_mixed(x, u)
-    trainer.config.bn_mode = "interleave"
-    inter = trainer._forward_mixed(x, u)
+    concat = trainer.mixmatch.forward_mixed(trainer.model, x, u, trainer.forward)
+    trainer.mixmatch.bn_mode = "interleave"
+    inter = trainer.mixmatch.forward_mixed(trainer.model, x, u, trainer.forward)
     for a, b in zip(concat, inter, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 

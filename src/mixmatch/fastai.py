@@ -1,8 +1,9 @@
 """MixMatch for fastai: a training callback, an EMA-of-weights callback, data loaders and a Learner factory.
 
-This module is the only one that imports fastai (an optional extra: ``pip install mixmatch[fastai]``);
-``import mixmatch`` never loads it. The MixMatch math is not repeated here: the callback calls
-`mixmatch.algorithm` (guess_labels, mixmatch, mixmatch_loss, linear_rampup, frozen_batchnorm_stats).
+This module is the only one that imports fastai (an optional extra: ``pip install "mixmatch[fastai]"``;
+without it, importing this module raises `FastaiMissingError`, which says so); ``import mixmatch`` never
+loads it. The MixMatch step is not repeated here: the callback is an adapter over `mixmatch.step.MixMatchStep`,
+the object the library's Trainer uses (guessing, distribution alignment, mixing, forward pass, loss).
 
     from mixmatch.data import load_dataset, labeled_split
     from mixmatch.fastai import image_dataloaders, mixmatch_learner
@@ -19,12 +20,14 @@ How a training batch flows (shapes: B labelled, K views, L classes, images (C, H
 
     before_batch   xb = (x (B,C,H,W),) yb = (y (B,),) from the Learner's training loader;
                    u (B_u,C,H,W) from the unlabelled source -> K augmented views (K,B_u,C,H,W);
-                   q = guess_labels(model, views, T) in training mode with BatchNorm statistics frozen;
-                   X', p', U', q' = mixmatch(x, one_hot(y), views, q, alpha);
+                   q = step.guess(model, views) in training mode with BatchNorm statistics frozen
+                   (aligned, if distribution_alignment);
+                   X', p', U', q' = step.mix(x, one_hot(y), views, q)   (mix: all, labeled, unlabeled, separate);
                    xb <- (cat(X', U'),)  yb <- (cat(p', q'),)   (soft targets, ((1+K)B, L))
-    forward        the Learner's own forward pass over the whole mixed batch (one pass, as the library's
-                   Trainer with bn_mode='concat'), so MixedPrecision, ChannelsLast etc. apply unchanged
-    loss           mixmatch_loss(pred[:B], p', pred[B:], q', lambda_u * linear_rampup(step, rampup_steps))
+    forward        the Learner's own call of its model on the whole mixed batch, so MixedPrecision,
+                   ChannelsLast etc. apply unchanged: one pass (bn_mode='concat'), or with bn_mode='interleave'
+                   the model's forward is step.forward_mixed's K+1 interleaved passes for this one call
+    loss           step.loss(pred[:B], p', pred[B:], q', step.lambda_u_at(steps_done)): L_X + lambda_u * L_U
     validation     the Learner's own loss_func (cross-entropy) and metrics, on plain batches
 """
 
@@ -35,29 +38,53 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
-import fastai.callback.progress  # noqa: F401  (ProgressCallback: the fastprogress bars fastai users expect)
-import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle and Learner.lr_find)
 import torch
 import torch.nn.functional as F
-from fastai.callback.core import Callback
-from fastai.callback.fp16 import MixedPrecision
-from fastai.data.core import DataLoaders, Datasets
-from fastai.data.transforms import Categorize, IntToFloatTensor, ItemTransform, Normalize, Transform, compose_tfms
-from fastai.learner import Learner
-from fastai.losses import CrossEntropyLossFlat
-from fastai.metrics import accuracy
-from fastai.optimizer import Adam
-from fastai.torch_core import TensorImage
 from torch import Tensor, nn
 
-from . import algorithm as A
 from .augment import crop_flip
 from .dataset import ImageDataset
 from .ema import EMA
 from .models import build_model
+from .step import PAPER_RAMPUP_STEPS, MixMatchStep, class_marginal
+
+
+class FastaiMissingError(ModuleNotFoundError):
+    """fastai (the optional extra of mixmatch.fastai) is not installed."""
+
+
+try:
+    import fastai.callback.progress  # noqa: F401  (ProgressCallback: the fastprogress bars fastai users expect)
+    import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle and Learner.lr_find)
+    from fastai.callback.core import Callback
+    from fastai.callback.fp16 import MixedPrecision
+    from fastai.data.core import DataLoaders, Datasets
+    from fastai.data.transforms import (
+        Categorize,
+        IntToFloatTensor,
+        ItemTransform,
+        Normalize,
+        Transform,
+        compose_tfms,
+    )
+    from fastai.learner import Learner
+    from fastai.losses import CrossEntropyLossFlat
+    from fastai.metrics import accuracy
+    from fastai.optimizer import Adam
+    from fastai.torch_core import TensorImage
+except ModuleNotFoundError as error:
+    # fastai itself, or one of the packages it is installed with, is missing: the same one fix for both.
+    missing = (error.name or "").split(".")[0]
+    if missing not in ("fastai", "fastcore", "fastprogress", "fasttransform"):
+        raise
+    raise FastaiMissingError(
+        f'mixmatch.fastai needs fastai, which is not installed ({missing} is missing): pip install "mixmatch[fastai]"',
+        name=missing,
+    ) from None
 
 __all__ = [
     "EMACallback",
+    "FastaiMissingError",
     "ImageOf",
     "LabelOf",
     "MixMatchCallback",
@@ -65,9 +92,6 @@ __all__ = [
     "image_dataloaders",
     "mixmatch_learner",
 ]
-
-# The paper's ramp-up of lambda_u: 1024 kimg = 16384 steps of 64 (mixmatch.config cites the source).
-PAPER_RAMPUP_STEPS = 16384
 
 
 def _plain(t: Tensor) -> Tensor:
@@ -83,7 +107,8 @@ def _first(batch: Any) -> Tensor:
 
 class MixMatchCallback(Callback):
     """Train a fastai Learner with MixMatch (Berthelot et al., 2019): labelled batches from the Learner's
-    training loader, unlabelled batches from `unlabeled_dl`, the loss of `mixmatch.algorithm`.
+    training loader, unlabelled batches from `unlabeled_dl`, and the step of the library's Trainer
+    (`mixmatch.step.MixMatchStep`, held as `mixmatch`), as fastai's MixHandler is over MixUp.
 
     unlabeled_dl: where unlabelled images come from, either
         - an image tensor (N, C, H, W): each step draws B images with replacement (B = labelled batch size),
@@ -104,6 +129,20 @@ class MixMatchCallback(Callback):
     rampup_steps: lambda_u grows linearly from 0 to `lambda_u` over this many training batches (paper:
         16384). The count runs on across `fit` calls (like the Trainer's step), except that `lr_find` does
         not advance it. `steps_done` holds it; set it to resume a schedule.
+    mix: what MixUp mixes, as the Trainer's --mix: "all" (the paper), "labeled", "unlabeled" or "separate"
+        (the ablations of the paper's table 4).
+    bn_mode: "concat" (default), the Learner's one forward pass over X' and U'; "interleave", the official
+        code's K+1 interleaved passes with BatchNorm's running statistics from the first only: for the
+        Learner's call of its model on a mixed batch, the model's `forward` is replaced by those passes
+        (an instance attribute, removed right after the prediction). Needs an unlabelled batch as large
+        as the labelled one (a tensor pool always gives that).
+    distribution_alignment: align the guesses to the class distribution of the labelled data, against a
+        running marginal of the guesses (ReMixMatch's; not in MixMatch), as the Trainer's
+        --distribution-alignment. The labelled distribution is `labeled_marginal` (L,) if given, else
+        counted once, at the first fit, over the items of the training loader (``dls.train_ds``, pairs
+        whose second element is the class index; with `image_dataloaders` these are the labelled subset
+        repeated to fill an epoch). The running marginal, `mixmatch.guess_marginal`, lives across fits;
+        `lr_find` leaves it as it was.
 
     While training, the Learner's `loss_func` is replaced by the MixMatch loss; it is put back after
     training (also when training is cancelled), so validation, `get_preds`, `predict` and later plain
@@ -111,6 +150,8 @@ class MixMatchCallback(Callback):
     `lambda_u_now` hold the detached parts of the last loss, and `learn.loss` the total.
     Needs labelled targets as class indices (B,) (fastai's `Categorize`); train metrics are not supported
     (the targets of a MixMatch batch are soft labels for the mixed batch), validation metrics are.
+    Raises ValueError for K < 1, T <= 0, alpha < 0, lambda_u < 0, an unknown mix or bn_mode, or a
+    labeled_marginal without distribution_alignment.
     """
 
     # Inner-loop events run on training batches only; validation batches are left as they are.
@@ -128,21 +169,22 @@ class MixMatchCallback(Callback):
         alpha: float = 0.75,
         lambda_u: float = 75.0,
         rampup_steps: int = PAPER_RAMPUP_STEPS,
+        mix: str = "all",
+        bn_mode: str = "concat",
+        distribution_alignment: bool = False,
+        labeled_marginal: Tensor | None = None,
     ):
-        if K < 1:
-            raise ValueError(f"K must be >= 1, got {K}")
-        if T <= 0:
-            raise ValueError(f"T must be > 0, got {T}")
-        if alpha < 0 or lambda_u < 0:
-            raise ValueError(f"alpha and lambda_u must be >= 0, got {alpha} and {lambda_u}")
+        if labeled_marginal is not None and not distribution_alignment:
+            raise ValueError("labeled_marginal is the target of distribution_alignment=True, which is off")
+        self.mixmatch = MixMatchStep(K, T, alpha, lambda_u, rampup_steps, mix, bn_mode)
         self.unlabeled_dl, self.augment = unlabeled_dl, augment
-        self.K, self.T, self.alpha, self.lambda_u, self.rampup_steps = K, T, alpha, lambda_u, rampup_steps
+        self.distribution_alignment, self._given_marginal = distribution_alignment, labeled_marginal
         self.steps_done = 0
         self.loss_x = self.loss_u = self.lambda_u_now = None
         self._unlabeled_iter: Iterator[Any] | None = None
         self._old_lf: Callable[..., Tensor] | None = None  # the Learner's loss_func while ours is installed
         self._n_labeled: int | None = None  # B of the mixed batch waiting for the loss, None when there is none
-        self._saved_steps: int | None = None
+        self._saved: tuple[int, Tensor | None] | None = None  # steps_done and guess marginal, during lr_find
 
     # ---- where the unlabelled views come from ------------------------------------------------------
 
@@ -159,7 +201,7 @@ class MixMatchCallback(Callback):
 
     def views(self, u: Tensor) -> Tensor:
         """K augmented views of raw images u (B_u, C, H, W): float (K, B_u, C, H, W), as `augment` makes them."""
-        augment = self.augment
+        augment, K = self.augment, self.mixmatch.K
         if augment is None:
             pipeline = getattr(self.dls.train, "after_batch", None)
             if pipeline is None:
@@ -169,19 +211,38 @@ class MixMatchCallback(Callback):
                 )
             # split_idx=0 explicitly: the training transforms (random crop/flip), whatever split the pipeline
             # was last iterated for (fastai sets it only while a loader iterates, and loaders may share it).
-            return torch.stack(
-                [_plain(compose_tfms(TensorImage(u), tfms=pipeline.fs, split_idx=0)) for _ in range(self.K)]
-            )
+            return torch.stack([_plain(compose_tfms(TensorImage(u), tfms=pipeline.fs, split_idx=0)) for _ in range(K)])
         if hasattr(augment, "views"):
-            return _plain(augment.views(u, self.K))
-        return torch.stack([_plain(augment(u)) for _ in range(self.K)])
+            return _plain(augment.views(u, K))
+        return torch.stack([_plain(augment(u)) for _ in range(K)])
+
+    def _labeled_marginal(self) -> Tensor:
+        """Class distribution (L,) of the labelled data: `labeled_marginal`, or counted over dls.train_ds."""
+        if self._given_marginal is not None:
+            return torch.as_tensor(self._given_marginal, dtype=torch.float32)
+        try:
+            labels = torch.tensor([int(item[1]) for item in self.dls.train_ds])
+        except (AttributeError, IndexError, TypeError, ValueError) as error:
+            raise ValueError(
+                "distribution_alignment counts the classes of the training loader's items (dls.train_ds, "
+                f"(input, class index) pairs), which failed here ({error}): pass labeled_marginal=..."
+            ) from None
+        return class_marginal(labels, int(self.dls.c))
 
     # ---- the events --------------------------------------------------------------------------------
 
     def before_fit(self) -> None:
-        # lr_find trains for a few batches and puts the weights back; it must not use up the ramp-up.
-        self._saved_steps = self.steps_done if hasattr(self.learn, "lr_finder") else None
-        self._restore_loss()  # in case an exception other than fastai's Cancel* left ours installed
+        self._restore()  # in case an exception other than fastai's Cancel* left ours installed
+        if self.distribution_alignment and not self.mixmatch.distribution_alignment:
+            # After TrainEvalCallback (order -10) has moved the model to the loaders' device.
+            device = next(self.learn.model.parameters()).device
+            self.mixmatch.align_to(self._labeled_marginal().to(device))
+        # lr_find trains for a few batches and puts the weights back; it must not use up the ramp-up, nor
+        # move the running marginal of the guesses.
+        marginal = self.mixmatch.guess_marginal
+        self._saved = None
+        if hasattr(self.learn, "lr_finder"):
+            self._saved = (self.steps_done, None if marginal is None else marginal.clone())
 
     def before_train(self) -> None:
         if self._old_lf is None:
@@ -192,17 +253,34 @@ class MixMatchCallback(Callback):
             raise ValueError("MixMatchCallback expects batches of one input and one target (class indices)")
         x, y = _plain(self.xb[0]), _plain(self.yb[0])
         u = self._unlabeled_batch(x.shape[0], x.device)
+        if self.mixmatch.bn_mode == "interleave" and u.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"bn_mode='interleave' needs unlabelled batches as large as the labelled ones, got {u.shape[0]} "
+                f"and {x.shape[0]}"
+            )
         u_views = self.views(u)
-        # Guess labels in training mode (batch statistics, as the official code) without letting the
-        # guessing pass move BatchNorm's running statistics: only the main forward pass updates them.
-        with A.frozen_batchnorm_stats(self.model):
-            q = A.guess_labels(self.model, u_views, self.T)
+        q = self.mixmatch.guess(self.model, u_views)
         p = F.one_hot(y.long(), q.shape[-1]).to(q.dtype)
-        x_mix, p_mix, u_mix, q_mix = A.mixmatch(x, p, u_views.to(x.dtype), q, self.alpha)
+        x_mix, p_mix, u_mix, q_mix = self.mixmatch.mix(x, p, u_views.to(x.dtype), q)
         self._n_labeled = x_mix.shape[0]
-        self.lambda_u_now = self.lambda_u * A.linear_rampup(self.steps_done, self.rampup_steps)
+        self.lambda_u_now = self.mixmatch.lambda_u_at(self.steps_done)
         self.learn.xb = (torch.cat([x_mix, u_mix]),)
         self.learn.yb = (torch.cat([p_mix, q_mix]),)
+        if self.mixmatch.bn_mode == "interleave":
+            self._interleave_next_forward(self.learn.model, x_mix.shape[0])
+
+    def _interleave_next_forward(self, model: nn.Module, n_labeled: int) -> None:
+        """Make the Learner's next call of `model` (on cat(X', U')) the step's interleaved passes."""
+        own_forward = model.forward
+        mixmatch = self.mixmatch
+
+        def interleaved(batch: Tensor) -> Tensor:
+            return torch.cat(mixmatch.forward_mixed(model, batch[:n_labeled], batch[n_labeled:], own_forward))
+
+        model.forward = interleaved
+
+    def after_pred(self) -> None:
+        _drop_forward(self.learn.model)
 
     def lf(self, pred: Tensor, *yb: Tensor) -> Tensor:
         """The MixMatch loss of a mixed batch: pred ((1+K)B, L), yb = (soft targets ((1+K)B, L),) -> ().
@@ -214,36 +292,47 @@ class MixMatchCallback(Callback):
             return self._old_lf(pred, *yb)
         n, targets = self._n_labeled, yb[0]
         self._n_labeled = None
-        total, loss_x, loss_u = A.mixmatch_loss(pred[:n], targets[:n], pred[n:], targets[n:], self.lambda_u_now)
+        total, loss_x, loss_u = self.mixmatch.loss(pred[:n], targets[:n], pred[n:], targets[n:], self.lambda_u_now)
         self.loss_x, self.loss_u = loss_x.detach(), loss_u.detach()
         return total
 
     def after_batch(self) -> None:
         self._n_labeled = None
+        _drop_forward(self.learn.model)
         self.steps_done += 1
 
     def after_train(self) -> None:
-        self._restore_loss()
+        self._restore()
 
     def after_cancel_train(self) -> None:
-        self._restore_loss()
+        self._restore()
 
     def before_validate(self) -> None:
         # A CancelEpochException skips after_train; validation must still see the Learner's own loss.
-        self._restore_loss()
+        self._restore()
 
     def after_cancel_fit(self) -> None:
-        self._restore_loss()
+        self._restore()
 
     def after_fit(self) -> None:
-        self._restore_loss()
-        if self._saved_steps is not None:
-            self.steps_done, self._saved_steps = self._saved_steps, None
+        self._restore()
+        if self._saved is not None:
+            (self.steps_done, marginal), self._saved = self._saved, None
+            if marginal is not None:
+                self.mixmatch.guess_marginal.copy_(marginal)
 
-    def _restore_loss(self) -> None:
+    def _restore(self) -> None:
+        """The Learner's own loss function and its model's own forward back in place."""
         if self._old_lf is not None:
             self.learn.loss_func, self._old_lf = self._old_lf, None
         self._n_labeled = None
+        _drop_forward(self.learn.model)
+
+
+def _drop_forward(model: nn.Module) -> None:
+    """Remove a `forward` set on the model instance (the interleaved passes), uncovering its class's."""
+    if "forward" in vars(model):
+        del model.forward
 
 
 def _forever(loader: Iterable[Any]) -> Iterator[Iterable[Any]]:
@@ -457,14 +546,18 @@ def mixmatch_learner(
     image_size: int | None = None,
     wd: float = 0.02,
     cbs: Sequence[Callback] = (),
+    mix: str = "all",
+    bn_mode: str = "concat",
+    distribution_alignment: bool = False,
+    labeled_marginal: Tensor | None = None,
     **learner_kwargs: Any,
 ) -> Learner:
     """A Learner set up as the paper (and the library's Trainer): model `arch` from
     `mixmatch.models.build_model`, Adam (beta1 0.9, beta2 0.999, eps 1e-8, as torch's and the official
     code's) with decoupled weight decay `wd` on conv/linear weights only (fastai's default leaves
     BatchNorm and biases undecayed, and applies w *= 1 - lr*wd, the Trainer's form), cross-entropy and
-    accuracy for validation, `MixMatchCallback(unlabeled, augment, K, T, alpha, lambda_u, rampup_steps)`
-    and, if ema_decay > 0, `EMACallback(ema_decay)`.
+    accuracy for validation, `MixMatchCallback(unlabeled, augment, K, T, alpha, lambda_u, rampup_steps, mix,
+    bn_mode, distribution_alignment, labeled_marginal)` and, if ema_decay > 0, `EMACallback(ema_decay)`.
 
     unlabeled: see `MixMatchCallback` (an image tensor (N, C, H, W) or a loader). None builds the same
         Learner without MixMatch: the labelled-only baseline, trained and evaluated the same way.
@@ -479,7 +572,21 @@ def mixmatch_learner(
     model = build_model(arch, num_classes, in_channels, image_size)
     callbacks: list[Callback] = list(cbs)
     if unlabeled is not None:
-        callbacks.append(MixMatchCallback(unlabeled, augment, K, T, alpha, lambda_u, rampup_steps))
+        callbacks.append(
+            MixMatchCallback(
+                unlabeled,
+                augment,
+                K,
+                T,
+                alpha,
+                lambda_u,
+                rampup_steps,
+                mix,
+                bn_mode,
+                distribution_alignment,
+                labeled_marginal,
+            )
+        )
     if ema_decay > 0:
         callbacks.append(EMACallback(ema_decay))
     learner_kwargs.setdefault("loss_func", CrossEntropyLossFlat())

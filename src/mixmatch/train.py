@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import algorithm as A
 from . import checkpoint as C
 from .augment import Augmenter
 from .config import TrainConfig, augmentation_of
@@ -34,6 +33,7 @@ from .ema import EMA
 from .metrics import MetricsLog, require_tensorboard
 from .models import build_model
 from .splits import choose_split, load_for_config, save_split
+from .step import MixMatchStep, class_marginal
 
 
 class TrainingDiverged(RuntimeError):
@@ -79,9 +79,6 @@ def use_bf16(amp: str, device: torch.device) -> bool:
 # torch.compile costs a minute or more of compiling (71 s for WRN-28-2 on the 2-core CPU of
 # results/perf.md) and saved about 10% of a step there: it pays from a few thousand steps on.
 COMPILE_AUTO_MIN_STEPS = 20_000
-# ReMixMatch keeps the model's class marginal as a mean over the last 128 batches; an EMA of about the
-# same memory (1 / (1 - 0.99) = 100 batches) does it without a buffer of batches.
-ALIGNMENT_DECAY = 0.99
 
 
 def use_compile(mode: str, steps: int) -> bool:
@@ -203,12 +200,9 @@ class Trainer:
             else None
         )
         self.decayed = decayed_parameters(self.model)
-        self.labeled_marginal: Tensor | None = None  # class distributions, for --distribution-alignment
-        self.guess_marginal: Tensor | None = None
-        if cfg.distribution_alignment and cfg.method == "mixmatch":
-            classes = self.data.num_classes
-            self.labeled_marginal = torch.bincount(self.labeled_y, minlength=classes).float() / len(self.labeled_y)
-            self.guess_marginal = torch.full((classes,), 1 / classes, device=self.device)
+        aligned = cfg.distribution_alignment and cfg.method == "mixmatch"
+        target = class_marginal(self.labeled_y, self.data.num_classes) if aligned else None
+        self.mixmatch = MixMatchStep.from_config(cfg, target, self.dist.average)
         self.step = 0
         self.pending: list[Tensor] = []  # (3,) losses of the steps since the last metrics record
         self.wall_seconds = 0.0  # of training before this process, for a resumed run
@@ -228,73 +222,41 @@ class Trainer:
         return images[idx], (labels[idx] if labels is not None else None)
 
     def lambda_u(self) -> float:
-        return self.config.lambda_u * A.linear_rampup(self.step, self.config.rampup_steps)
+        return self.mixmatch.lambda_u_at(self.step)
+
+    @property
+    def labeled_marginal(self) -> Tensor | None:
+        """Class distribution (L,) of the labelled subset, with --distribution-alignment; else None."""
+        return self.mixmatch.labeled_marginal
+
+    @property
+    def guess_marginal(self) -> Tensor | None:
+        """Running class marginal (L,) of the guesses, with --distribution-alignment; else None. Checkpointed."""
+        return self.mixmatch.guess_marginal
 
     def mixmatch_loss(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(total, L_X, L_U) of one MixMatch batch, with the graph for backward."""
-        cfg = self.config
+        """(total, L_X, L_U) of one MixMatch batch drawn from the data, with the graph for backward."""
         xb, yb = self._batch(self.labeled_x, self.labeled_y)
         ub, _ = self._batch(self.unlabeled_x)
-        x = self.augment(xb)
-        u_views = self.augment.views(ub, cfg.k)
-        p = F.one_hot(yb, self.data.num_classes).float()
+        return self.mixmatch_loss_of(self.augment(xb), yb, self.augment.views(ub, self.config.k))
+
+    def mixmatch_loss_of(self, x: Tensor, y: Tensor, u_views: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(total, L_X, L_U) of an augmented labelled batch x (B, C, H, W) with class indices y (B,) and
+        augmented unlabelled views u_views (K, B, C, H, W): guess, mix, forward and loss of `self.mixmatch`
+        at this step, in the run's precision."""
+        p = F.one_hot(y, self.data.num_classes).float()
         q = self.guess(u_views)
-        x_mix, p_mix, u_mix, q_mix = self._mix(x, p, u_views, q)
+        x_mix, p_mix, u_mix, q_mix = self.mixmatch.mix(x, p, u_views, q)
         with self._autocast():
-            logits_x, logits_u = self._forward_mixed(x_mix, u_mix)
-        return A.mixmatch_loss(logits_x, p_mix, logits_u, q_mix, self.lambda_u())
+            logits_x, logits_u = self.mixmatch.forward_mixed(self.model, x_mix, u_mix, self.forward)
+        return self.mixmatch.loss(logits_x, p_mix, logits_u, q_mix, self.lambda_u())
 
-    def guess(self, u_views: Tensor) -> Tensor:
-        """Guessed labels q (B, L) of (K, B, C, H, W) views, as a step makes them: the model in training mode
-        with BatchNorm's running statistics frozen, aligned (--distribution-alignment, which also moves the
-        running marginal) and sharpened."""
-        align = self._align if self.guess_marginal is not None else None
-        with self._autocast(), A.frozen_batchnorm_stats(self.model):
-            return A.guess_labels(self.forward, u_views, self.config.temperature, align)
-
-    def _align(self, p: Tensor) -> Tensor:
-        """Distribution alignment of (B, L) guesses against the running mean of the model's guesses.
-
-        Under torchrun the mean is of the global batch, so every process keeps the same marginal.
-        """
-        self.guess_marginal.lerp_(self.dist.average(p.mean(0)), 1 - ALIGNMENT_DECAY)
-        return A.align_distribution(p, self.guess_marginal, self.labeled_marginal)
-
-    def _mix(self, x: Tensor, p: Tensor, u_views: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The paper's mixing, or one of the ablations of its table 4 (what MixUp is applied to)."""
-        alpha, mode = self.config.alpha, self.config.mix
-        if mode == "all":
-            return A.mixmatch(x, p, u_views, q, alpha)
-        u, qk = u_views.flatten(0, 1), q.repeat(u_views.shape[0], 1)
-        mix_x, mix_u = mode in ("labeled", "separate"), mode in ("unlabeled", "separate")
-        if mix_x:
-            perm = torch.randperm(x.shape[0], device=x.device)
-            x, p = A.mixup(x, p, x[perm], p[perm], alpha)
-        if mix_u:
-            perm = torch.randperm(u.shape[0], device=u.device)
-            u, qk = A.mixup(u, qk, u[perm], qk[perm], alpha)
-        return x, p, u, qk
-
-    def _forward_mixed(self, x_mix: Tensor, u_mix: Tensor) -> tuple[Tensor, Tensor]:
-        """Logits of X' and U'.
-
-        concat: one pass over all of X' and U'. Every example of X' and U' is mixed with a partner drawn
-        from the whole pool, so the batch statistics of the full batch are those of the mixture the
-        official code's interleave aims at; the running statistics come from the full batch instead of one
-        third of it. One pass is faster (results/ has the accuracy of both modes).
-        interleave: the official code's three passes, each a share of every part, with running
-        statistics updated by the first pass only.
-        """
-        n_x = x_mix.shape[0]
-        if self.config.bn_mode == "concat":
-            logits = self.forward(torch.cat([x_mix, u_mix]))
-            return logits[:n_x], logits[n_x:]
-        batches = A.interleave([x_mix, *u_mix.split(n_x)], n_x)
-        logits = [self.forward(batches[0])]
-        with A.frozen_batchnorm_stats(self.model):
-            logits += [self.forward(b) for b in batches[1:]]
-        logits = A.interleave(logits, n_x)
-        return logits[0], torch.cat(logits[1:])
+    def guess(self, u_views: Tensor, update_alignment: bool = True) -> Tensor:
+        """Guessed labels q (B, L) of (K, B, C, H, W) views, as a step makes them (`MixMatchStep.guess`, in the
+        run's precision). With --distribution-alignment this moves the running marginal unless
+        update_alignment=False."""
+        with self._autocast():
+            return self.mixmatch.guess(self.model, u_views, self.forward, update_alignment)
 
     def supervised_loss(self) -> tuple[Tensor, Tensor, Tensor]:
         xb, yb = self._batch(self.labeled_x, self.labeled_y)
