@@ -52,6 +52,7 @@ from torch import Tensor, nn
 
 from . import algorithm as A
 from .augment import crop_flip
+from .config import PAPER_RAMPUP_STEPS
 from .data import ImageDataset
 from .ema import EMA
 from .models import build_model
@@ -65,9 +66,6 @@ __all__ = [
     "image_dataloaders",
     "mixmatch_learner",
 ]
-
-# The paper's ramp-up of lambda_u: 1024 kimg = 16384 steps of 64 (mixmatch.config cites the source).
-PAPER_RAMPUP_STEPS = 16384
 
 
 def _plain(t: Tensor) -> Tensor:
