@@ -45,8 +45,8 @@ def add_config_flags(
     defaults = defaults or {}
     types = field_types()
     chosen = [f for f in dataclasses.fields(TrainConfig) if (names is None or f.name in names) and f.name not in skip]
-    for group_name, title in GROUPS.items():
-        members = [f for f in chosen if f.metadata["group"] == group_name]
+    for title in GROUPS:
+        members = [f for f in chosen if f.metadata["group"] == title]
         if not members:
             continue
         group = parser.add_argument_group(title)
@@ -136,9 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the seed's sharpening demo: pseudo-labels at T=1 and T=0.5, t-SNE")
     add_data_flags(demo, defaults={"dataset": ("mnist", "mnist")})
-    demo.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    demo.add_argument("--epochs", type=int, default=10)
-    demo.add_argument("--num-labels", type=int, default=500)
+    demo.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per seed and T")
+    demo.add_argument("--epochs", type=int, default=10, help="passes over the unlabelled images (default: 10)")
+    demo.add_argument("--num-labels", type=int, default=500, help="labelled images (default: 500)")
     demo.add_argument("--out", default=None, help="default runs/demo-<dataset>")
     demo.set_defaults(func=run_demo)
 

@@ -18,13 +18,7 @@ Method = Literal["mixmatch", "supervised", "fully-supervised"]
 METHODS: tuple[str, ...] = typing.get_args(Method)
 
 # The CLI's help groups, in the order --help shows them.
-GROUPS = {
-    "data": "data: which images load, and which of them are labelled",
-    "model": "model",
-    "mixmatch": "MixMatch: augmentation, label guessing, MixUp and the unlabelled loss",
-    "optimisation": "optimisation",
-    "run": "run: evaluation, checkpoints, hardware and output",
-}
+GROUPS = ("data", "model", "MixMatch", "optimisation", "run")
 
 # Paper (arXiv:1905.02249) section 4 and the official run scripts (google-research/mixmatch runs/*.sh):
 # CIFAR-10 alpha 0.75, lambda_u 75; SVHN alpha 0.25, lambda_u 250; CIFAR-100 lambda_u 150 (runs/table1.sh);
@@ -69,21 +63,21 @@ class TrainConfig:
         "data",
     )
     method: Method = _opt(
-        "mixmatch", "mixmatch, supervised (labelled subset only) or fully-supervised (all labels)", "mixmatch"
+        "mixmatch", "mixmatch, supervised (labelled subset only) or fully-supervised (all labels)", "MixMatch"
     )
     seed: int = _opt(0, "seed of the labelled split and of training", "run")
     arch: str | None = _opt(None, "model: wrn28_2 or cnn", "model")
     steps: int | None = _opt(None, f"training steps (the official full schedule is {PAPER_STEPS})", "optimisation")
     batch_size: int = _opt(64, "labelled batch size B; the unlabelled batch is also B, times K views", "optimisation")
-    k: int = _opt(2, "augmented views K of each unlabelled image (official nu=2)", "mixmatch")
-    temperature: float = _opt(0.5, "sharpening temperature T", "mixmatch")
-    alpha: float | None = _opt(None, "Beta(alpha, alpha) of MixUp; 0 disables mixing", "mixmatch")
-    lambda_u: float | None = _opt(None, "weight of the unlabelled L2 loss after ramp-up", "mixmatch")
-    rampup_steps: int | None = _opt(None, "steps of the linear ramp-up of lambda_u from 0", "mixmatch")
+    k: int = _opt(2, "augmented views K of each unlabelled image (official nu=2)", "MixMatch")
+    temperature: float = _opt(0.5, "sharpening temperature T", "MixMatch")
+    alpha: float | None = _opt(None, "Beta(alpha, alpha) of MixUp; 0 disables mixing", "MixMatch")
+    lambda_u: float | None = _opt(None, "weight of the unlabelled L2 loss after ramp-up", "MixMatch")
+    rampup_steps: int | None = _opt(None, "steps of the linear ramp-up of lambda_u from 0", "MixMatch")
     pad: int | None = _opt(
-        None, "augmentation: reflect-pad by this many pixels, then crop back at a random offset", "mixmatch"
+        None, "augmentation: reflect-pad by this many pixels, then crop back at a random offset", "MixMatch"
     )
-    flip: bool | None = _opt(None, "augmentation: flip images horizontally at random", "mixmatch")
+    flip: bool | None = _opt(None, "augmentation: flip images horizontally at random", "MixMatch")
     lr: float = _opt(0.002, "learning rate (official Adam 0.002)", "optimisation")
     optimizer: Literal["adam", "sgd"] = _opt("adam", "adam or sgd (Nesterov momentum 0.9)", "optimisation")
     weight_decay: float = _opt(0.02, "decoupled decay of conv/linear weights, w *= 1 - wd*lr each step", "optimisation")
@@ -95,16 +89,16 @@ class TrainConfig:
         "concat",
         "concat: one forward pass over X' and U'; interleave: the official code's "
         "three passes with BatchNorm statistics from the first",
-        "mixmatch",
+        "MixMatch",
     )
     mix: Literal["all", "labeled", "unlabeled", "separate"] = _opt(
-        "all", "what MixUp mixes: all (paper), labeled, unlabeled, separate (X with X, U with U)", "mixmatch"
+        "all", "what MixUp mixes: all (paper), labeled, unlabeled, separate (X with X, U with U)", "MixMatch"
     )
     distribution_alignment: bool = _opt(
         False,
         "scale guessed labels so their running class marginal matches the labelled one (ReMixMatch's "
         "distribution alignment, not in MixMatch; it stops a class vanishing from the guesses)",
-        "mixmatch",
+        "MixMatch",
     )
     eval_every: int | None = _opt(None, "evaluate the test split every N steps", "run")
     log_every: int = _opt(50, "write training losses to metrics.jsonl every N steps", "run")
