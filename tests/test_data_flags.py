@@ -120,3 +120,15 @@ def test_evaluate_folder_problems_are_one_line(tmp_path, capsys, cli_error):
 )
 def test_each_flag_out_of_range_is_one_line_before_anything_loads(argv, line, cli_error, tmp_path):
     assert cli_error(*argv).startswith(f"mixmatch: error: {line}")
+
+
+def test_demo_runs_on_a_folder_without_test_split(tmp_path, capsys):
+    root = tmp_path / "images"
+    image_folder(root, with_test=False)
+    out = tmp_path / "demo"
+    args = ["demo", "--dataset", "folder", "--data-dir", str(root), "--image-size", "16", "--epochs", "1"]
+    assert main([*args, "--seeds", "0", "--num-labels", "6", "--out", str(out)]) == 0
+    assert (out / "results.md").read_text().count("| folder |") == 2
+    runs = json.loads((out / "runs.json").read_text())["runs"]
+    assert [r["steps"] for r in runs] == [1, 1]  # fewer unlabelled images than one batch: still one step
+    assert (out / "tsne.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
