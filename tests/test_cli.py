@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -23,7 +24,7 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
         (["--dataset", "fashion-mnist", "--data-dir", "/no/such/dir"], "--data-dir /no/such/dir does not exist"),
         (["--arch", "vgg"], "unknown architecture 'vgg'"),
         (["--steps", "0"], "--steps must be positive"),
-        (["--ema-decay", "1.5"], "EMA decay must be in [0, 1), got 1.5"),
+        (["--ema-decay", "1.5"], "--ema-decay must be in [0, 1), got 1.5"),
     ],
 )
 def test_bad_input_exits_with_one_line(args, message, tmp_path):
@@ -126,3 +127,37 @@ def test_fashion_mnist_from_shared_data(shared_data, tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["dataset"] == "fashion-mnist" and summary["num_labels"] == 100 and summary["steps"] == 20
+
+
+def subcommands() -> dict:
+    from mixmatch.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    data = commands["data"]._subparsers._group_actions[0].choices
+    return {**{name: p for name, p in commands.items() if name != "data"}, **{f"data {n}": p for n, p in data.items()}}
+
+
+def test_every_command_is_bound_to_its_own_function():
+    bound = {name: parser.get_default("func") for name, parser in subcommands().items()}
+    assert set(bound) == {
+        "train", "compare", "ablate", "report", "export", "predict", "evaluate", "figures", "demo", "data list",
+        "data info",
+    }  # fmt: skip
+    assert all(callable(f) for f in bound.values()) and len(set(bound.values())) == len(bound)
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "ablate", "evaluate", "demo", "data info"])
+def test_help_shows_each_default_once_in_the_groups(command, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    text = " ".join(subcommands()[command].format_help().split())
+    assert "(default: None)" not in text and not re.search(r"\(default: [^)]*\) \(default:", text)
+    assert text.count("(default:") == sum(
+        1 for a in subcommands()[command]._actions if a.help and "(default:" in a.help
+    )
+    if command == "train":
+        assert "(default: data set preset)" in text and "--lambda-u LAMBDA_U weight of the unlabelled" in text
+        titles = ["data:", "model:", "MixMatch:", "optimisation:", "run:"]
+        assert all(t in text for t in titles) and sorted(titles, key=text.index) == titles
+    if command == "evaluate":
+        assert "--image-size IMAGE_SIZE --dataset folder: images are scaled" in text
+        assert text.count("(default: the model's)") == 2

@@ -1,7 +1,8 @@
-"""The `mixmatch` command: train, compare methods, report run folders, list data sets.
+"""The `mixmatch` command: parse the flags, call the function each sub-command is bound to, print errors in one line.
 
-Every flag of `train` and `compare` is a field of TrainConfig; the parser is built inside main(),
-never at import time.
+Every flag of `train`, `compare` and `ablate` is a field of TrainConfig, shown in the field's help group; the
+commands that load data (`train`, `compare`, `ablate`, `evaluate`, `demo`, `data info`) take the same data flags
+from add_data_flags. The parser is built inside main(), never at import time.
 """
 
 from __future__ import annotations
@@ -11,54 +12,90 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
 
-from .config import METHODS, PRESETS, TrainConfig
+from .config import GROUPS, METHODS, PRESETS, ConfigError, TrainConfig, field_types
+
+# The data flags that say which labelled subset a run takes; the rest of the data group says which images load.
+SPLIT_FIELDS = ("labeled_split", "num_labels")
+# What --resume may change: where and how the run continues, not what it computes.
+RESUME_OVERRIDES = ("device", "progress", "data_dir", "download")
 
 
-def _field_type(annotation: str) -> type:
-    for name, kind in (("bool", bool), ("int", int), ("float", float)):
-        if annotation.startswith(name):
-            return kind
-    return str
+def flag(name: str) -> str:
+    """The CLI flag of a TrainConfig field: lambda_u -> --lambda-u."""
+    return "--" + name.replace("_", "-")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
-    """One --flag per TrainConfig field, its help and choices from the field's metadata."""
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in skip:
+def add_config_flags(
+    parser: argparse.ArgumentParser,
+    names: Iterable[str] | None = None,
+    skip: Iterable[str] = (),
+    defaults: dict[str, tuple[Any, str]] | None = None,
+) -> None:
+    """One flag per TrainConfig field (all, or those in `names`; none in `skip`), in the field's help group.
+
+    Type and choices come from the field's annotation (a Literal gives the choices), help from its metadata.
+    `defaults` maps a field to this command's own (default value, how --help shows it).
+    """
+    defaults = defaults or {}
+    types = field_types()
+    chosen = [f for f in dataclasses.fields(TrainConfig) if (names is None or f.name in names) and f.name not in skip]
+    for title in GROUPS:
+        members = [f for f in chosen if f.metadata["group"] == title]
+        if not members:
             continue
-        flag = "--" + f.name.replace("_", "-")
-        kind = _field_type(str(f.type))
-        help_text = f.metadata.get("help", "")
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
-        else:
-            default = "data set preset" if f.default is None and f.name in PRESETS["default"] else f.default
-            parser.add_argument(
-                flag,
-                type=kind,
-                default=f.default,
-                choices=f.metadata.get("choices"),
-                help=f"{help_text} (default: {default})",
-            )
+        group = parser.add_argument_group(title)
+        for f in members:
+            default, shown = defaults.get(f.name, (f.default, None))
+            if shown is None and default is None and f.name in PRESETS["default"]:
+                shown = "data set preset"
+            help_text = f.metadata["help"].replace("%", "%%")
+            if shown is not None:
+                help_text += f" (default: {shown})"
+            elif default is not None:
+                help_text += " (default: %(default)s)"
+            kind = types[f.name]
+            if kind is bool:
+                group.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            elif get_origin(kind) is Literal:
+                group.add_argument(flag(f.name), default=default, choices=get_args(kind), help=help_text)
+            else:
+                group.add_argument(flag(f.name), type=kind, default=default, help=help_text)
+
+
+def data_fields(split: bool = False) -> list[str]:
+    """The data group's fields: those that decide which images load, and with `split` the labelled subset."""
+    group = [f.name for f in dataclasses.fields(TrainConfig) if f.metadata["group"] == "data"]
+    return [name for name in group if split or name not in SPLIT_FIELDS]
+
+
+def add_data_flags(
+    parser: argparse.ArgumentParser,
+    split: bool = False,
+    skip: Iterable[str] = (),
+    defaults: dict[str, tuple[Any, str]] | None = None,
+) -> None:
+    """The data group, the same for every command that loads data (see add_config_flags for the arguments)."""
+    add_config_flags(parser, data_fields(split), skip, defaults)
 
 
 def config_from_args(args: argparse.Namespace, **overrides: object) -> TrainConfig:
+    """The TrainConfig of the flags this command has (and `overrides`), its ranges checked."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     values.update(overrides)
-    return TrainConfig(**values)
+    return TrainConfig(**values).validate()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mixmatch", description="MixMatch semi-supervised image classification")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser(
-        "train", help="train one model and write a run folder", formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    train = commands.add_parser("train", help="train one model and write a run folder")
     add_config_flags(train)
     train.add_argument(
         "--resume",
@@ -67,45 +104,219 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue RUN_DIR from its newest checkpoint, with its config.json (only --device, --progress, "
         "--data-dir, --download may change)",
     )
+    train.set_defaults(func=run_train)
 
     compare = commands.add_parser("compare", help="MixMatch and both baselines on the same split: table + plot")
     add_config_flags(compare, skip=("method", "seed", "out"))
     compare.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     compare.add_argument("--seeds", nargs="+", type=int, default=[0])
     compare.add_argument("--out", default=None, help="folder for the runs and results (default runs/compare-...)")
+    compare.set_defaults(func=run_compare)
+
+    from .ablate import ABLATIONS
+
+    ablate = commands.add_parser("ablate", help="MixMatch ablations of the paper's table 4 on one setting")
+    add_config_flags(ablate, skip=("method", "seed", "out", "tag"))
+    ablate.add_argument("--ablations", nargs="+", default=list(ABLATIONS), help=f"of: {', '.join(ABLATIONS)}")
+    ablate.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ablate.add_argument("--out", default=None, help="folder for the runs and results (default runs/ablate-...)")
+    ablate.set_defaults(func=run_ablate)
 
     report = commands.add_parser("report", help="Markdown table and PNG curves of finished run folders")
     report.add_argument("runs", nargs="+", help="run folders")
     report.add_argument("--out", default=None, help="write results.md, results.json and curves.png here")
     report.add_argument("--by", default="method", help="the config field that groups runs: method, tag, ...")
-    add_experiment_commands(commands)
+    report.set_defaults(func=run_report)
+
     add_model_commands(commands)
+
+    figures = commands.add_parser("figures", help="the explanatory figures: Beta(alpha, alpha) and sharpening")
+    figures.add_argument("--out", default="results/figures")
+    figures.set_defaults(func=run_figures)
+
+    demo = commands.add_parser("demo", help="the seed's sharpening demo: pseudo-labels at T=1 and T=0.5, t-SNE")
+    add_data_flags(demo, defaults={"dataset": ("mnist", "mnist")})
+    demo.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per seed and T")
+    demo.add_argument("--epochs", type=int, default=10, help="passes over the unlabelled images (default: 10)")
+    demo.add_argument("--num-labels", type=int, default=500, help="labelled images (default: 500)")
+    demo.add_argument("--out", default=None, help="default runs/demo-<dataset>")
+    demo.set_defaults(func=run_demo)
 
     data = commands.add_parser("data", help="data sets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
-    data_commands.add_parser("list", help="registered data sets and their presets")
+    data_commands.add_parser("list", help="registered data sets and their presets").set_defaults(func=run_data_list)
     info = data_commands.add_parser(
         "info", help="images per class and split, image shape, and the labelled subset that a seed picks"
     )
     info.add_argument("dataset", help="a data set of `mixmatch data list`")
-    add_config_flags(info, skip=[f.name for f in dataclasses.fields(TrainConfig) if f.name not in DATA_INFO_FLAGS])
+    add_data_flags(info, split=True, skip=("dataset",))
+    add_config_flags(info, names=("seed",))
     info.add_argument("--save-split", default=None, help="write the labelled subset here, for --labeled-split")
+    info.set_defaults(func=run_data_info)
     return parser
 
 
-# The flags of `data info`: those that decide which images load and which of them are labelled.
-DATA_INFO_FLAGS = (
-    "data_dir",
-    "download",
-    "labels_csv",
-    "test_csv",
-    "image_size",
-    "strict_images",
-    "val_fraction",
-    "labeled_split",
-    "num_labels",
-    "seed",
-)
+def add_model_commands(commands: argparse._SubParsersAction) -> None:
+    """export, predict and evaluate: a trained model outside its run."""
+    export = commands.add_parser("export", help="write a run's EMA weights as model.safetensors + model.json")
+    export.add_argument("run", metavar="RUN_DIR", help="a run folder with checkpoints")
+    export.add_argument("--out", default=None, help="model file (default RUN_DIR/model.safetensors)")
+    export.set_defaults(func=run_export)
+
+    model_help = "an exported model.safetensors (model.json beside it), or the folder holding it"
+    predict = commands.add_parser("predict", help="class and confidence of each image file")
+    predict.add_argument("--model", required=True, help=model_help)
+    predict.add_argument("images", nargs="+", metavar="IMAGES_OR_FOLDER", help="image files, or folders of them")
+    predict.add_argument("--csv", default=None, help="write path,class,confidence rows here instead of printing")
+    predict.set_defaults(func=run_predict)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="accuracy and confusion matrix PNG on a data set's test split (an image folder without test/: "
+        "the validation images its training held out)",
+    )
+    evaluate.add_argument("--model", required=True, help=model_help)
+    add_data_flags(evaluate, defaults={"dataset": (None, "the model's"), "image_size": (None, "the model's")})
+    evaluate.add_argument("--out", default=None, help="confusion matrix PNG (default confusion-DATASET.png beside it)")
+    evaluate.set_defaults(func=run_evaluate)
+
+
+# ---- the commands ---------------------------------------------------------------------------------
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The flags' config, or with --resume the run folder's own config.json."""
+    if args.resume is None:
+        return config_from_args(args)
+    from .checkpoint import run_config
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    changed = [name for name, default in defaults.items() if getattr(args, name) != default]
+    refused = [name for name in changed if name not in RESUME_OVERRIDES]
+    if refused:
+        raise ValueError(
+            f"--resume continues {args.resume} with its own config.json; drop {', '.join(map(flag, refused))}"
+        )
+    overrides = {name: getattr(args, name) for name in changed}
+    return dataclasses.replace(run_config(args.resume), out=str(args.resume), **overrides).validate()
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from .distributed import ProcessGroup
+    from .train import train
+
+    summary = train(train_config(args), resume=args.resume is not None)
+    if ProcessGroup.from_env().is_main:
+        print(json.dumps(summary, indent=2))
+
+
+def run_grid(configs: list[TrainConfig], out: Path, key: str) -> str:
+    """Train each config in turn, one line each on stderr, then report the runs grouped by config `key`.
+
+    Returns the Markdown table; results.md, results.json and curves.png go to `out` (mixmatch.report).
+    """
+    from .report import report
+    from .train import train
+
+    for cfg in configs:
+        cfg.validate()
+    for cfg in configs:
+        summary = train(cfg)
+        print(
+            f"{getattr(cfg, key):>16} seed {cfg.seed}: test accuracy {100 * summary['test_accuracy']:.2f}% "
+            f"in {summary['wall_seconds']:.0f} s",
+            file=sys.stderr,
+        )
+    return report([cfg.out for cfg in configs], out, key=key)
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    base = config_from_args(args, out=None).resolved()
+    out = Path(args.out or f"runs/compare-{base.dataset}-{base.num_labels or 'all'}")
+    configs = [
+        config_from_args(args, method=method, seed=seed, out=str(out / f"{method}-seed{seed}"))
+        for seed in args.seeds
+        for method in args.methods
+    ]
+    print(run_grid(configs, out, key="method"))
+    print(f"\nruns, results.md and curves.png in {out}")
+
+
+def run_ablate(args: argparse.Namespace) -> None:
+    from .ablate import ablation_configs, paper_column
+
+    base = config_from_args(args, out=None).resolved()
+    out = Path(args.out or f"runs/ablate-{base.dataset}-{base.num_labels}")
+    table = paper_column(run_grid(ablation_configs(base, args.ablations, args.seeds, out), out, key="tag"))
+    (out / "results.md").write_text(table + "\n")
+    print(table + f"\n\nruns, results.md and curves.png in {out}")
+
+
+def run_report(args: argparse.Namespace) -> None:
+    from .report import report
+
+    print(report(args.runs, args.out, key=args.by))
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from .export import export
+
+    path = export(args.run, args.out)
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    from .export import predict
+
+    rows = predict(args.model, args.images)
+    if args.csv is None:
+        for row in rows:
+            print(f"{row['path']}\t{row['class']}\t{row['confidence']:.4f}")
+        return
+    with open(args.csv, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "class", "confidence"])
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {len(rows)} predictions to {args.csv}", file=sys.stderr)
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    from .export import evaluate
+
+    options = {name: getattr(args, name) for name in data_fields() if name != "dataset"}
+    result = evaluate(args.model, args.dataset, out=args.out, **options)
+    print(json.dumps({k: v for k, v in result.items() if k != "confusion"}, indent=2))
+
+
+def run_figures(args: argparse.Namespace) -> None:
+    from .figures import all_figures
+
+    for path in all_figures(args.out):
+        print(path)
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    from .data import load_for_config
+    from .demo import sharpening_demo
+
+    if args.epochs <= 0:
+        raise ValueError(f"--epochs must be positive, got {args.epochs}")
+    cfg = config_from_args(args)
+    for seed in args.seeds:
+        dataclasses.replace(cfg, seed=seed).validate()
+    data = load_for_config(cfg)
+    out = Path(args.out or f"runs/demo-{args.dataset}")
+    sharpening_demo(data, out, tuple(args.seeds), num_labels=args.num_labels, epochs=args.epochs)
+    print((out / "results.md").read_text() + f"\nruns.json, results.md and tsne.png in {out}")
+
+
+def run_data_list(args: argparse.Namespace) -> None:
+    for name, preset in PRESETS.items():
+        if name != "default":
+            print(
+                f"{name:>14}  model {preset['arch']}, {preset['num_labels'] or 'all'} labels, "
+                f"{preset['steps']} steps, alpha {preset['alpha']}, lambda_u {preset['lambda_u']}"
+            )
 
 
 def run_data_info(args: argparse.Namespace) -> None:
@@ -126,180 +337,30 @@ def run_data_info(args: argparse.Namespace) -> None:
         print(f"split written to {args.save_split}")
 
 
-# What --resume may change: where and how the run continues, not what it computes.
-RESUME_OVERRIDES = ("device", "progress", "data_dir", "download")
-
-
-def train_config(args: argparse.Namespace) -> TrainConfig:
-    """The flags' config, or with --resume the run folder's own config.json."""
-    if args.resume is None:
-        return config_from_args(args)
-    from .checkpoint import run_config
-
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    changed = [name for name, default in defaults.items() if getattr(args, name) != default]
-    refused = [name for name in changed if name not in RESUME_OVERRIDES]
-    if refused:
-        flags = ", ".join("--" + name.replace("_", "-") for name in refused)
-        raise ValueError(f"--resume continues {args.resume} with its own config.json; drop {flags}")
-    overrides = {name: getattr(args, name) for name in changed}
-    return dataclasses.replace(run_config(args.resume), out=str(args.resume), **overrides)
-
-
-def add_model_commands(commands: argparse._SubParsersAction) -> None:
-    """export, predict and evaluate: a trained model outside its run."""
-    export = commands.add_parser("export", help="write a run's EMA weights as model.safetensors + model.json")
-    export.add_argument("run", metavar="RUN_DIR", help="a run folder with checkpoints")
-    export.add_argument("--out", default=None, help="model file (default RUN_DIR/model.safetensors)")
-
-    model_help = "an exported model.safetensors (model.json beside it), or the folder holding it"
-    predict = commands.add_parser("predict", help="class and confidence of each image file")
-    predict.add_argument("--model", required=True, help=model_help)
-    predict.add_argument("images", nargs="+", metavar="IMAGES_OR_FOLDER", help="image files, or folders of them")
-    predict.add_argument("--csv", default=None, help="write path,class,confidence rows here instead of printing")
-
-    evaluate = commands.add_parser("evaluate", help="accuracy and confusion matrix PNG on a data set's test split")
-    evaluate.add_argument("--model", required=True, help=model_help)
-    evaluate.add_argument("--dataset", required=True, help="a data set of `mixmatch data list`")
-    evaluate.add_argument("--data-dir", default=None, help="folder holding the data set")
-    evaluate.add_argument("--out", default=None, help="confusion matrix PNG (default confusion-DATASET.png beside it)")
-
-
-def run_model_command(args: argparse.Namespace) -> None:
-    from . import export as E
-
-    if args.command == "export":
-        path = E.export(args.run, args.out)
-        print(f"wrote {path} and {path.with_suffix('.json')}")
-    elif args.command == "predict":
-        rows = E.predict(args.model, args.images)
-        if args.csv is None:
-            for row in rows:
-                print(f"{row['path']}\t{row['class']}\t{row['confidence']:.4f}")
-            return
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["path", "class", "confidence"])
-            writer.writeheader()
-            writer.writerows(rows)
-        print(f"wrote {len(rows)} predictions to {args.csv}", file=sys.stderr)
-    else:
-        result = E.evaluate(args.model, args.dataset, args.data_dir, args.out)
-        print(json.dumps({k: v for k, v in result.items() if k != "confusion"}, indent=2))
-
-
-def run_compare(args: argparse.Namespace) -> None:
-    from .report import report
-    from .train import train
-
-    base = config_from_args(args, out=None).resolved()
-    out = Path(args.out or f"runs/compare-{base.dataset}-{base.num_labels or 'all'}")
-    run_dirs = []
-    for seed in args.seeds:
-        for method in args.methods:
-            run_dir = out / f"{method}-seed{seed}"
-            summary = train(config_from_args(args, method=method, seed=seed, out=str(run_dir)))
-            print(
-                f"{method:>16} seed {seed}: test accuracy {100 * summary['test_accuracy']:.2f}% "
-                f"in {summary['wall_seconds']:.0f} s",
-                file=sys.stderr,
-            )
-            run_dirs.append(run_dir)
-    print(report(run_dirs, out))
-    print(f"\nruns, results.md and curves.png in {out}")
-
-
-def add_experiment_commands(commands: argparse._SubParsersAction) -> None:
-    from .ablate import ABLATIONS
-
-    ablate = commands.add_parser("ablate", help="MixMatch ablations of the paper's table 4 on one setting")
-    add_config_flags(ablate, skip=("method", "seed", "out", "tag"))
-    ablate.add_argument("--ablations", nargs="+", default=list(ABLATIONS), help=f"of: {', '.join(ABLATIONS)}")
-    ablate.add_argument("--seeds", nargs="+", type=int, default=[0])
-    ablate.add_argument("--out", default=None, help="folder for the runs and results (default runs/ablate-...)")
-
-    figures = commands.add_parser("figures", help="the explanatory figures: Beta(alpha, alpha) and sharpening")
-    figures.add_argument("--out", default="results/figures")
-
-    demo = commands.add_parser("demo", help="the seed's sharpening demo: pseudo-labels at T=1 and T=0.5, t-SNE")
-    demo.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist", "digits"))
-    demo.add_argument("--data-dir", default=None)
-    demo.add_argument("--download", action="store_true")
-    demo.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    demo.add_argument("--epochs", type=int, default=10)
-    demo.add_argument("--num-labels", type=int, default=500)
-    demo.add_argument("--out", default=None, help="default runs/demo-<dataset>")
-
-
-def run_experiment_command(args: argparse.Namespace) -> None:
-    if args.command == "figures":
-        from .figures import all_figures
-
-        for path in all_figures(args.out):
-            print(path)
-    elif args.command == "demo":
-        from .demo import sharpening_demo
-        from .loaders import load_dataset
-
-        data = load_dataset(args.dataset, args.data_dir, args.download)
-        out = Path(args.out or f"runs/demo-{args.dataset}")
-        sharpening_demo(data, out, tuple(args.seeds), num_labels=args.num_labels, epochs=args.epochs)
-        print((out / "results.md").read_text() + f"\nruns.json, results.md and tsne.png in {out}")
-    else:
-        from .ablate import ablation_configs, paper_column
-        from .report import report
-        from .train import train
-
-        base = config_from_args(args, out=None).resolved()
-        out = Path(args.out or f"runs/ablate-{base.dataset}-{base.num_labels}")
-        configs = ablation_configs(base, args.ablations, args.seeds, out)
-        for cfg in configs:
-            accuracy = train(cfg)["test_accuracy"]
-            print(f"{cfg.tag:>16} seed {cfg.seed}: test accuracy {100 * accuracy:.2f}%", file=sys.stderr)
-        table = paper_column(report([c.out for c in configs], out, key="tag"))
-        (out / "results.md").write_text(table + "\n")
-        print(table + f"\n\nruns, results.md and curves.png in {out}")
+def config_error_line(error: ConfigError, args: argparse.Namespace) -> str:
+    """The error in the command's own flag names: `lambda_u must be ...` -> `--lambda-u must be ...`
+    (`--seeds`, `--methods` where the command takes a list)."""
+    name = error.field
+    shown = flag(name + "s") if hasattr(args, name + "s") and not hasattr(args, name) else flag(name)
+    return re.sub(rf"\b{name}\b", shown, str(error), count=1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .dataset import DataError
-    from .distributed import ProcessGroup
     from .train import TrainingDiverged, TrainingInterrupted
 
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "train":
-            from .train import train
-
-            summary = train(train_config(args), resume=args.resume is not None)
-            if ProcessGroup.from_env().is_main:
-                print(json.dumps(summary, indent=2))
-        elif args.command == "compare":
-            run_compare(args)
-        elif args.command in ("export", "predict", "evaluate"):
-            run_model_command(args)
-        elif args.command == "report":
-            from .report import report
-
-            print(report(args.runs, args.out, key=args.by))
-        elif args.command in ("ablate", "figures", "demo"):
-            run_experiment_command(args)
-        elif args.command == "data" and args.data_command == "info":
-            run_data_info(args)
-        elif args.command == "data":
-            for name, preset in PRESETS.items():
-                if name != "default":
-                    print(
-                        f"{name:>14}  model {preset['arch']}, {preset['num_labels'] or 'all'} labels, "
-                        f"{preset['steps']} steps, alpha {preset['alpha']}, lambda_u {preset['lambda_u']}"
-                    )
+        args.func(args)
     except TrainingInterrupted as stop:
         print(f"mixmatch: {stop}", file=sys.stderr)
         return 128 + stop.signum
     except (DataError, CheckpointError, TrainingDiverged, ValueError, FileNotFoundError) as error:
         if os.environ.get("MIXMATCH_DEBUG"):
             raise
-        print(f"mixmatch: error: {error}", file=sys.stderr)
+        message = config_error_line(error, args) if isinstance(error, ConfigError) else str(error)
+        print(f"mixmatch: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mixmatch: interrupted", file=sys.stderr)

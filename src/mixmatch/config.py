@@ -1,92 +1,136 @@
-"""One dataclass holds every setting of a run; the CLI maps its flags onto these fields.
+"""One dataclass holds every setting of a run, with its presets and the range of every field.
 
-Fields left as None take the data set's preset (PRESETS), which cite where each constant comes from.
+Fields left as None take the data set's preset (PRESETS), which cite where each constant comes from. Each
+field's metadata holds its help text and the group (data, model, MixMatch, optimisation, run) that the CLI
+shows it in; the CLI derives its flags, types and choices from the fields.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-METHODS = ("mixmatch", "supervised", "fully-supervised")
+Method = Literal["mixmatch", "supervised", "fully-supervised"]
+METHODS: tuple[str, ...] = typing.get_args(Method)
+# What MixUp mixes (the paper's "all", or an ablation of its table 4) and how X' and U' meet BatchNorm.
+MixMode = Literal["all", "labeled", "unlabeled", "separate"]
+BnMode = Literal["concat", "interleave"]
+
+# The CLI's help groups, in the order --help shows them.
+GROUPS = ("data", "model", "MixMatch", "optimisation", "run")
+
+# Paper (arXiv:1905.02249) section 4 and the official run scripts (google-research/mixmatch runs/*.sh):
+# CIFAR-10 alpha 0.75, lambda_u 75; SVHN alpha 0.25, lambda_u 250; CIFAR-100 lambda_u 150 (runs/table1.sh);
+# STL-10 lambda_u 50 (runs/table2.sh). Ramp-up 1024 kimg = 16384 steps of 64 (mixmatch.py warmup_kimg),
+# full schedule 1 << 16 kimg = 1048576 steps (mixmatch.py train_kimg). Augmentation: flip + reflect-pad-4 crop,
+# no flip on SVHN (libml/data.py). The CPU-scale presets (digits, MNIST, Fashion-MNIST) are ours, tuned so a
+# run fits in minutes on two cores; results/ records what they reach.
+PAPER_STEPS = 1 << 20
+PAPER_RAMPUP_STEPS = 16384
+# The smallest --image-size: the small CNN pools twice, so a smaller side leaves no pixel.
+MIN_IMAGE_SIZE = 4
 
 
-def _opt(default: Any, help: str, **metadata: Any) -> Any:
-    return field(default=default, metadata={"help": help, **metadata})
+def _opt(default: Any, help: str, group: str) -> Any:
+    assert group in GROUPS, group
+    return field(default=default, metadata={"help": help, "group": group})
 
 
 @dataclass
 class TrainConfig:
-    dataset: str = _opt("digits", "data set name (see `mixmatch data list`)")
-    data_dir: str | None = _opt(None, "folder holding the data set in torchvision's layout, or your image folder")
-    download: bool = _opt(False, "let torchvision download a missing data set into --data-dir")
-    labels_csv: str | None = _opt(None, "--dataset folder: CSV of `file,label` rows naming the labelled images")
-    test_csv: str | None = _opt(None, "--dataset folder: CSV of `file,label` rows naming the test images")
-    image_size: int = _opt(32, "--dataset folder: images are scaled and centre-cropped to this square size")
-    strict_images: bool = _opt(False, "--dataset folder: refuse unreadable image files instead of skipping them")
+    dataset: str = _opt("digits", "data set name (see `mixmatch data list`)", "data")
+    data_dir: str | None = _opt(
+        None, "folder holding the data set in torchvision's layout, or your image folder", "data"
+    )
+    download: bool = _opt(False, "let torchvision download a missing data set into --data-dir", "data")
+    labels_csv: str | None = _opt(None, "--dataset folder: CSV of `file,label` rows naming the labelled images", "data")
+    test_csv: str | None = _opt(None, "--dataset folder: CSV of `file,label` rows naming the test images", "data")
+    image_size: int = _opt(32, "--dataset folder: images are scaled and centre-cropped to this square size", "data")
+    strict_images: bool = _opt(
+        False, "--dataset folder: refuse unreadable image files instead of skipping them", "data"
+    )
     val_fraction: float | None = _opt(
-        None, "hold out this share of every class's labelled images as the test split (0.1 for a folder without one)"
+        None,
+        "hold out this share of every class's labelled images as the test split (0: none; default 0.1 for a "
+        "folder without a test split, else 0)",
+        "data",
     )
-    labeled_split: str | None = _opt(None, "reuse the labelled subset of an earlier run's split.json")
-    method: str = _opt(
-        "mixmatch", "mixmatch, supervised (labelled subset only) or fully-supervised (all labels)", choices=METHODS
-    )
+    labeled_split: str | None = _opt(None, "reuse the labelled subset of an earlier run's split.json", "data")
     num_labels: int | None = _opt(
-        None, "labelled examples, split evenly over the classes (image folders: as evenly as they allow; default all)"
+        None,
+        "labelled examples, split evenly over the classes (image folders: as evenly as they allow, all by default)",
+        "data",
     )
-    seed: int = _opt(0, "seed of the labelled split and of training")
-    arch: str | None = _opt(None, "model: wrn28_2 or cnn")
-    steps: int | None = _opt(None, "training steps (the official full schedule is 1048576)")
-    batch_size: int = _opt(64, "labelled batch size B; the unlabelled batch is also B, times K views")
-    k: int = _opt(2, "augmented views K of each unlabelled image (official nu=2)")
-    temperature: float = _opt(0.5, "sharpening temperature T")
-    alpha: float | None = _opt(None, "Beta(alpha, alpha) of MixUp; 0 disables mixing")
-    lambda_u: float | None = _opt(None, "weight of the unlabelled L2 loss after ramp-up")
-    rampup_steps: int | None = _opt(None, "steps of the linear ramp-up of lambda_u from 0")
-    lr: float = _opt(0.002, "learning rate (official Adam 0.002)")
-    optimizer: str = _opt("adam", "adam or sgd (Nesterov momentum 0.9)", choices=("adam", "sgd"))
-    weight_decay: float = _opt(0.02, "decoupled decay of conv/linear weights, w *= 1 - wd*lr each step")
-    ema_decay: float = _opt(0.999, "EMA decay of the evaluated weights; 0 evaluates the raw model")
-    schedule: str = _opt("constant", "learning rate schedule: constant or onecycle", choices=("constant", "onecycle"))
-    bn_mode: str = _opt(
+    method: Method = _opt(
+        "mixmatch", "mixmatch, supervised (labelled subset only) or fully-supervised (all labels)", "MixMatch"
+    )
+    seed: int = _opt(0, "seed of the labelled split and of training", "run")
+    arch: str | None = _opt(None, "model: wrn28_2 or cnn", "model")
+    steps: int | None = _opt(None, f"training steps (the official full schedule is {PAPER_STEPS})", "optimisation")
+    batch_size: int = _opt(64, "labelled batch size B; the unlabelled batch is also B, times K views", "optimisation")
+    k: int = _opt(2, "augmented views K of each unlabelled image (official nu=2)", "MixMatch")
+    temperature: float = _opt(0.5, "sharpening temperature T", "MixMatch")
+    alpha: float | None = _opt(None, "Beta(alpha, alpha) of MixUp; 0 disables mixing", "MixMatch")
+    lambda_u: float | None = _opt(None, "weight of the unlabelled L2 loss after ramp-up", "MixMatch")
+    rampup_steps: int | None = _opt(None, "steps of the linear ramp-up of lambda_u from 0", "MixMatch")
+    pad: int | None = _opt(
+        None, "augmentation: reflect-pad by this many pixels, then crop back at a random offset", "MixMatch"
+    )
+    flip: bool | None = _opt(None, "augmentation: flip images horizontally at random", "MixMatch")
+    lr: float = _opt(0.002, "learning rate (official Adam 0.002)", "optimisation")
+    optimizer: Literal["adam", "sgd"] = _opt("adam", "adam or sgd (Nesterov momentum 0.9)", "optimisation")
+    weight_decay: float = _opt(0.02, "decoupled decay of conv/linear weights, w *= 1 - wd*lr each step", "optimisation")
+    ema_decay: float = _opt(0.999, "EMA decay of the evaluated weights; 0 evaluates the raw model", "model")
+    schedule: Literal["constant", "onecycle"] = _opt(
+        "constant", "learning rate schedule: constant or onecycle", "optimisation"
+    )
+    bn_mode: BnMode = _opt(
         "concat",
         "concat: one forward pass over X' and U'; interleave: the official code's "
         "three passes with BatchNorm statistics from the first",
-        choices=("concat", "interleave"),
+        "MixMatch",
     )
-    mix: str = _opt(
-        "all",
-        "what MixUp mixes: all (paper), labeled, unlabeled, separate (X with X, U with U)",
-        choices=("all", "labeled", "unlabeled", "separate"),
+    mix: MixMode = _opt(
+        "all", "what MixUp mixes: all (paper), labeled, unlabeled, separate (X with X, U with U)", "MixMatch"
     )
     distribution_alignment: bool = _opt(
         False,
         "scale guessed labels so their running class marginal matches the labelled one (ReMixMatch's "
         "distribution alignment, not in MixMatch; it stops a class vanishing from the guesses)",
+        "MixMatch",
     )
-    eval_every: int | None = _opt(None, "evaluate the test split every N steps")
-    log_every: int = _opt(50, "write training losses to metrics.jsonl every N steps")
-    tensorboard: bool = _opt(False, "also write TensorBoard event files to RUN_DIR/tensorboard")
-    checkpoint_every: int = _opt(1000, "save a checkpoint every N steps (0: only at the end and on SIGINT/SIGTERM)")
-    keep_checkpoints: int = _opt(3, "how many of the newest checkpoints to keep")
-    deterministic: bool = _opt(False, "deterministic algorithms only (bit-exact resume on GPU; slower)")
-    sync_bn: bool = _opt(False, "under torchrun on GPUs: BatchNorm statistics of the global batch, not per process")
-    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
-    amp: str = _opt(
-        "auto", "bf16 autocast: auto (where the hardware has bf16 units), bf16 or off", choices=("auto", "bf16", "off")
+    eval_every: int | None = _opt(None, "evaluate the test split every N steps", "run")
+    log_every: int = _opt(50, "write training losses to metrics.jsonl every N steps", "run")
+    tensorboard: bool = _opt(False, "also write TensorBoard event files to RUN_DIR/tensorboard", "run")
+    checkpoint_every: int = _opt(
+        1000, "save a checkpoint every N steps (0: only at the end and on SIGINT/SIGTERM)", "run"
     )
-    channels_last: str = _opt(
-        "auto", "channels_last memory format: auto (with bf16), on or off", choices=("auto", "on", "off")
+    keep_checkpoints: int = _opt(3, "how many of the newest checkpoints to keep", "run")
+    deterministic: bool = _opt(False, "deterministic algorithms only (bit-exact resume on GPU; slower)", "run")
+    sync_bn: bool = _opt(
+        False, "under torchrun on GPUs: BatchNorm statistics of the global batch, not per process", "run"
     )
-    compile: str = _opt(
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N", "run")
+    amp: Literal["auto", "bf16", "off"] = _opt(
+        "auto", "bf16 autocast: auto (where the hardware has bf16 units), bf16 or off", "run"
+    )
+    channels_last: Literal["auto", "on", "off"] = _opt(
+        "auto", "channels_last memory format: auto (with bf16), on or off", "run"
+    )
+    compile: Literal["auto", "on", "off"] = _opt(
         "auto",
         "torch.compile the model: auto (runs of 20000+ steps, where a C++ compiler is present), on or off",
-        choices=("auto", "on", "off"),
+        "run",
     )
-    out: str | None = _opt(None, "run folder (default runs/<dataset>-<method>-<labels>-<seed>)")
-    progress: bool = _opt(True, "show a progress bar")
-    tag: str | None = _opt(None, "a name for this run's variant, by which `mixmatch report --by tag` groups runs")
+    out: str | None = _opt(None, "run folder (default runs/<dataset>-<method>-<labels>-<seed>)", "run")
+    progress: bool = _opt(True, "show a progress bar", "run")
+    tag: str | None = _opt(
+        None, "a name for this run's variant, by which `mixmatch report --by tag` groups runs", "run"
+    )
 
     def resolved(self) -> TrainConfig:
         """A copy whose None fields are filled from the data set's preset."""
@@ -97,106 +141,108 @@ class TrainConfig:
             cfg.out = f"runs/{cfg.dataset}-{cfg.method}-{cfg.num_labels or 'all'}-{cfg.seed}"
         return cfg
 
+    def validate(self) -> TrainConfig:
+        """Check every field's type and range before anything loads; returns self.
+
+        Fields still None (to be taken from a preset) pass. Raises ConfigError, whose message names the field
+        (`lambda_u must be >= 0, got -3`) and whose `field` attribute says which one.
+        """
+        for name, hint in field_types().items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
+            if choices and value not in choices:
+                raise ConfigError(name, f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+            kind = hint if hint in (bool, int, float) else None
+            if kind is bool and not isinstance(value, bool):
+                raise ConfigError(name, f"{name} must be True or False, got {value!r}")
+            if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(name, f"{name} must be a number, got {value!r}")
+            if kind is int and not isinstance(value, int):
+                raise ConfigError(name, f"{name} must be a whole number, got {value!r}")
+            if kind is float and not math.isfinite(value):
+                raise ConfigError(name, f"{name} must be a finite number, got {value!r}")
+            if name in RANGES:
+                in_range, rule = RANGES[name]
+                if not in_range(value):
+                    shown = int(value) if isinstance(value, float) and value.is_integer() else value
+                    raise ConfigError(name, f"{name} must be {rule}, got {shown}")
+        if self.arch is not None:
+            from .models import ARCHITECTURES
+
+            if self.arch not in ARCHITECTURES:
+                choices = ", ".join(ARCHITECTURES)
+                raise ConfigError("arch", f"unknown architecture {self.arch!r}; choose one of {choices}")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-# Paper (arXiv:1905.02249) section 4 and the official run scripts (google-research/mixmatch runs/*.sh):
-# CIFAR-10 alpha 0.75, lambda_u 75; SVHN alpha 0.25, lambda_u 250; CIFAR-100 lambda_u 150 (runs/table1.sh);
-# STL-10 lambda_u 50 (runs/table2.sh). Ramp-up 1024 kimg = 16384 steps of 64 (mixmatch.py warmup_kimg),
-# full schedule 1 << 16 kimg = 1048576 steps (mixmatch.py train_kimg). Augmentation: flip + reflect-pad-4 crop,
-# no flip on SVHN (libml/data.py). The CPU-scale presets (digits, MNIST, Fashion-MNIST) are ours, tuned so a
-# run fits in minutes on two cores; results/ records what they reach.
-PAPER_STEPS = 1 << 20
+class ConfigError(ValueError):
+    """A TrainConfig field out of its range; `field` names it, the message speaks in field names."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def field_types() -> dict[str, Any]:
+    """Each TrainConfig field's type, without the None that means 'take the preset'."""
+    types = {}
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        types[name] = args[0] if typing.get_origin(hint) is not Literal and len(args) == 1 else hint
+    return types
+
+
+# field -> (whether a value is in range, the range in words); every numeric field has one.
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "image_size": (lambda v: v >= MIN_IMAGE_SIZE, f"at least {MIN_IMAGE_SIZE}"),
+    "val_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "num_labels": (lambda v: v > 0, "positive"),
+    "seed": (lambda v: v >= 0, ">= 0"),
+    "steps": (lambda v: v > 0, "positive"),
+    "batch_size": (lambda v: v > 0, "positive"),
+    "k": (lambda v: v > 0, "positive"),
+    "temperature": (lambda v: v > 0, "> 0"),
+    "alpha": (lambda v: v >= 0, ">= 0"),
+    "lambda_u": (lambda v: v >= 0, ">= 0"),
+    "rampup_steps": (lambda v: v >= 0, ">= 0"),
+    "pad": (lambda v: v >= 0, ">= 0"),
+    "lr": (lambda v: v > 0, "> 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "eval_every": (lambda v: v > 0, "positive"),
+    "log_every": (lambda v: v > 0, "positive"),
+    "checkpoint_every": (lambda v: v >= 0, ">= 0"),
+    "keep_checkpoints": (lambda v: v >= 1, ">= 1"),
+}
+
+# The paper's CIFAR-10 settings (sources above): every preset is this base with what differs.
+PAPER: dict[str, Any] = dict(
+    arch="wrn28_2",
+    num_labels=250,
+    steps=PAPER_STEPS,
+    alpha=0.75,
+    lambda_u=75,
+    rampup_steps=PAPER_RAMPUP_STEPS,
+    eval_every=1024,
+    pad=4,
+    flip=True,
+)
+# Ours, for MNIST-size images on a CPU: the small CNN on a short schedule.
+_SMALL_CNN = dict(PAPER, arch="cnn", num_labels=100, steps=3000, rampup_steps=1000, eval_every=250, pad=2)
 PRESETS: dict[str, dict[str, Any]] = {
-    "default": dict(
-        arch="wrn28_2",
-        num_labels=250,
-        steps=PAPER_STEPS,
-        alpha=0.75,
-        lambda_u=75,
-        rampup_steps=16384,
-        eval_every=1024,
-        pad=4,
-        flip=True,
-    ),
-    "cifar10": dict(
-        arch="wrn28_2",
-        num_labels=250,
-        steps=PAPER_STEPS,
-        alpha=0.75,
-        lambda_u=75,
-        rampup_steps=16384,
-        eval_every=1024,
-        pad=4,
-        flip=True,
-    ),
-    "cifar100": dict(
-        arch="wrn28_2",
-        num_labels=10000,
-        steps=PAPER_STEPS,
-        alpha=0.75,
-        lambda_u=150,
-        rampup_steps=16384,
-        eval_every=1024,
-        pad=4,
-        flip=True,
-    ),
-    "svhn": dict(
-        arch="wrn28_2",
-        num_labels=250,
-        steps=PAPER_STEPS,
-        alpha=0.25,
-        lambda_u=250,
-        rampup_steps=16384,
-        eval_every=1024,
-        pad=4,
-        flip=False,
-    ),
-    "stl10": dict(
-        arch="wrn28_2",
-        num_labels=1000,
-        steps=PAPER_STEPS,
-        alpha=0.75,
-        lambda_u=50,
-        rampup_steps=16384,
-        eval_every=1024,
-        pad=12,
-        flip=True,
-    ),
-    "digits": dict(
-        arch="cnn",
-        num_labels=50,
-        steps=5000,
-        alpha=0.75,
-        lambda_u=75,
-        rampup_steps=2000,
-        eval_every=250,
-        pad=1,
-        flip=False,
-    ),
-    "mnist": dict(
-        arch="cnn",
-        num_labels=100,
-        steps=3000,
-        alpha=0.75,
-        lambda_u=75,
-        rampup_steps=1000,
-        eval_every=250,
-        pad=2,
-        flip=False,
-    ),
-    "fashion-mnist": dict(
-        arch="cnn",
-        num_labels=100,
-        steps=3000,
-        alpha=0.75,
-        lambda_u=75,
-        rampup_steps=1000,
-        eval_every=250,
-        pad=2,
-        flip=True,
-    ),
+    "default": dict(PAPER),
+    "cifar10": dict(PAPER),
+    "cifar100": dict(PAPER, num_labels=10000, lambda_u=150),
+    "svhn": dict(PAPER, alpha=0.25, lambda_u=250, flip=False),
+    "stl10": dict(PAPER, num_labels=1000, lambda_u=50, pad=12),
+    "digits": dict(_SMALL_CNN, num_labels=50, steps=5000, rampup_steps=2000, pad=1, flip=False),
+    "mnist": dict(_SMALL_CNN, flip=False),
+    "fashion-mnist": dict(_SMALL_CNN),
 }
 # SVHN with its 'extra' split as the unlabelled pool trains as SVHN does. Image folders take the settings of
 # CIFAR-10 (the paper's main benchmark, natural 32x32 images) and by default every labelled image.
@@ -205,6 +251,6 @@ PRESETS["folder"] = dict(PRESETS["cifar10"], num_labels=None)
 
 
 def augmentation_of(dataset: str) -> tuple[int, bool]:
-    """(reflect padding of the random crop, whether to flip horizontally) for a data set."""
-    preset = PRESETS.get(dataset, PRESETS["default"])
-    return preset["pad"], preset["flip"]
+    """(reflect padding of the random crop, whether to flip horizontally) of a data set's preset."""
+    cfg = TrainConfig(dataset=dataset).resolved()
+    return cfg.pad, cfg.flip

@@ -39,7 +39,8 @@ def train_pseudo_label(data: ImageDataset, T: float, seed: int, num_labels: int 
     unlabeled = data.train_images[~torch.isin(torch.arange(len(data.train_images)), split)]
     model = SmallCNN(data.num_classes, data.shape[0], data.shape[1])
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    steps_per_epoch = len(unlabeled) // unlabeled_batch
+    # At least one step: an image folder may hold fewer unlabelled images than one batch.
+    steps_per_epoch = max(len(unlabeled) // unlabeled_batch, 1)
     start = time.perf_counter()
     model.train()
     for _ in range(epochs):
@@ -82,7 +83,9 @@ def tsne_figure(data: ImageDataset, predictions: dict[float, torch.Tensor], path
     rng = np.random.default_rng(0)
     idx = rng.choice(len(data.test_images), min(points, len(data.test_images)), replace=False)
     pixels = data.test_images[idx].flatten(1).float().numpy() / 255
-    xy = TSNE(2, init="pca", random_state=0).fit_transform(PCA(50, random_state=0).fit_transform(pixels))
+    # A small image folder's test split may hold fewer images than PCA's 50 components or t-SNE's perplexity 30.
+    reduced = PCA(min(50, *pixels.shape), random_state=0).fit_transform(pixels)
+    xy = TSNE(2, init="pca", perplexity=min(30.0, len(idx) - 1), random_state=0).fit_transform(reduced)
     fig, axes = plt.subplots(1, len(predictions), figsize=(7 * len(predictions), 6.5))
     for ax, (T, probs) in zip(np.atleast_1d(axes), predictions.items(), strict=True):
         confidence, predicted = probs[idx].max(-1)

@@ -151,19 +151,54 @@ def plot_confusion(matrix: Tensor, classes: list[str], path: Path, title: str) -
 
 
 def evaluate(
-    model_path: str | Path, dataset: str, data_dir: str | None = None, out: str | Path | None = None
+    model_path: str | Path,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    out: str | Path | None = None,
+    *,
+    download: bool = False,
+    labels_csv: str | None = None,
+    test_csv: str | None = None,
+    image_size: int | None = None,
+    strict_images: bool = False,
+    val_fraction: float | None = None,
 ) -> dict[str, Any]:
-    """Accuracy of an exported model on the test split of a registered data set, and a confusion matrix PNG."""
-    from .loaders import load_dataset
+    """Accuracy of an exported model on a data set's evaluation split, and a confusion matrix PNG.
+
+    The split is the one training measured: the test split, or for an image folder without one the validation
+    images held out by `val_fraction` (0.1 by default, drawn as training drew them). `dataset` and
+    `image_size` default to the model's own (model.json). The data options are TrainConfig's fields of the
+    same names. Raises ConfigError for an option out of range, DataError for data that does not load or has
+    no evaluation images, CheckpointError for a model that does not fit the data.
+    """
+    from .config import TrainConfig
+    from .splits import load_for_config
 
     model, meta = load_model(model_path)
-    data = load_dataset(dataset, data_dir)
+    dataset = dataset or meta.get("dataset")
+    if dataset is None:
+        raise C.CheckpointError(f"{model_path} does not say which data set it was trained on; name one")
+    cfg = TrainConfig(
+        dataset=dataset,
+        data_dir=data_dir,
+        download=download,
+        labels_csv=labels_csv,
+        test_csv=test_csv,
+        image_size=meta["image_size"] if image_size is None else image_size,
+        strict_images=strict_images,
+        val_fraction=val_fraction,
+    ).validate()
+    data = load_for_config(cfg)
     shape = (meta["in_channels"], meta["image_size"], meta["image_size"])
     if tuple(data.shape) != shape or data.num_classes != meta["num_classes"]:
         c, s, _ = data.shape
         raise C.CheckpointError(
             f"{dataset} has {data.num_classes} classes of {c}x{s}x{s} images; the model is {C.describe(meta)}"
         )
+    differ = [(i, a, b) for i, (a, b) in enumerate(zip(data.classes, meta["classes"], strict=True)) if a != b]
+    if differ:
+        i, here, model_class = differ[0]
+        raise C.CheckpointError(f"class {i} of {dataset} is {here!r}, the model's class {i} is {model_class!r}")
     predicted = classify(model, meta, data.test_images).argmax(-1)
     matrix = confusion_matrix(predicted, data.test_labels, data.num_classes)
     accuracy = matrix.trace().item() / len(data.test_labels)
@@ -171,7 +206,8 @@ def evaluate(
     folder = model_path if model_path.is_dir() else model_path.parent
     png = Path(out) if out is not None else folder / f"confusion-{dataset}.png"
     png.parent.mkdir(parents=True, exist_ok=True)
-    plot_confusion(matrix, meta["classes"], png, f"{dataset} test split: {100 * accuracy:.2f}% accurate")
+    title = f"{dataset}, {len(data.test_labels)} evaluation images: {100 * accuracy:.2f}% accurate"
+    plot_confusion(matrix, meta["classes"], png, title)
     return dict(
         dataset=dataset, images=len(data.test_labels), accuracy=accuracy, confusion=matrix.tolist(), png=str(png)
     )

@@ -43,10 +43,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .augment import crop_flip
+from .config import PAPER_RAMPUP_STEPS
 from .dataset import ImageDataset
 from .ema import EMA
 from .models import build_model
-from .step import PAPER_RAMPUP_STEPS, MixMatchStep, class_marginal
+from .step import MixMatchStep, class_marginal
 
 
 class FastaiMissingError(ModuleNotFoundError):

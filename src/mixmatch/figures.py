@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +20,19 @@ def _pyplot():
     return plt
 
 
+def beta_pdf(x: np.ndarray, alpha: float) -> np.ndarray:
+    """Density of Beta(alpha, alpha) at x in (0, 1): x^(a-1) (1-x)^(a-1) / B(a, a), B(a, a) = G(a)^2 / G(2a)."""
+    log_norm = 2 * math.lgamma(alpha) - math.lgamma(2 * alpha)
+    return np.exp((alpha - 1) * (np.log(x) + np.log1p(-x)) - log_norm)
+
+
 def beta_figure(path: str | Path, alphas: tuple[float, ...] = (0.1, 0.75, 2.0, 10.0)) -> None:
     """Density of lambda ~ Beta(alpha, alpha) and of lambda' = max(lambda, 1 - lambda), one panel per alpha."""
-    from scipy.stats import beta
-
     plt = _pyplot()
     grid = np.linspace(0.001, 0.999, 999)
     fig, axes = plt.subplots(1, len(alphas), figsize=(4 * len(alphas), 3.4), sharey=False)
     for ax, alpha in zip(axes, alphas, strict=True):
-        density = beta.pdf(grid, alpha, alpha)
+        density = beta_pdf(grid, alpha)
         # Folding at 1/2 doubles the density on [0.5, 1]: p'(l) = p(l) + p(1 - l) = 2 p(l) by symmetry.
         folded = np.where(grid >= 0.5, 2 * density, 0.0)
         ax.plot(grid, density, label="lambda ~ Beta(a, a)")

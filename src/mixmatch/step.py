@@ -10,22 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 import torch
 from torch import Tensor, nn
 
 from . import algorithm as A
+from .config import PAPER_RAMPUP_STEPS, BnMode, MixMode
 
 if TYPE_CHECKING:
     from .config import TrainConfig
 
 Forward = Callable[[Tensor], Tensor]
 
-MIX_MODES = ("all", "labeled", "unlabeled", "separate")
-BN_MODES = ("concat", "interleave")
-# The paper's ramp-up of lambda_u: 1024 kimg = 16384 steps of 64 (mixmatch.config cites the source).
-PAPER_RAMPUP_STEPS = 16384
+MIX_MODES: tuple[str, ...] = get_args(MixMode)
+BN_MODES: tuple[str, ...] = get_args(BnMode)
 # ReMixMatch keeps the model's class marginal as a mean over the last 128 batches; an EMA of about the
 # same memory (1 / (1 - 0.99) = 100 batches) does it without a buffer of batches.
 ALIGNMENT_DECAY = 0.99

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from . import checkpoint as C
 from .augment import Augmenter
-from .config import TrainConfig, augmentation_of
+from .config import TrainConfig
 from .dataset import ImageDataset
 from .distributed import ProcessGroup
 from .distributed import stop as stop_process_group
@@ -136,13 +136,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, dataset: ImageDataset | None = None):
         self.config = cfg = config.resolved()
-        if cfg.method not in ("mixmatch", "supervised", "fully-supervised"):
-            raise ValueError(f"unknown method {cfg.method!r}")
-        for name in ("steps", "batch_size", "k", "eval_every", "log_every"):
-            if getattr(cfg, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
-        if cfg.checkpoint_every < 0 or cfg.keep_checkpoints < 1:
-            raise ValueError("--checkpoint-every must be >= 0 and --keep-checkpoints >= 1")
+        cfg.validate()
         if cfg.tensorboard:
             require_tensorboard()
         seed_everything(cfg.seed)
@@ -173,8 +167,7 @@ class Trainer:
         self.unlabeled_x = pool.to(self.device) if cfg.method == "mixmatch" else None
 
         mean, std = self.data.channel_stats()
-        pad, flip = augmentation_of(cfg.dataset)
-        self.augment = Augmenter(mean.to(self.device), std.to(self.device), pad, flip, self.channels_last)
+        self.augment = Augmenter(mean.to(self.device), std.to(self.device), cfg.pad, cfg.flip, self.channels_last)
 
         channels, size = self.data.shape[0], self.data.shape[1]
         self.model = build_model(cfg.arch, self.data.num_classes, channels, size).to(self.device)

@@ -1,0 +1,132 @@
+"""TrainConfig: presets from the paper's base, pad/flip as fields, Literal choices, and every field's range."""
+
+import dataclasses
+import typing
+
+import pytest
+
+from mixmatch.config import (
+    METHODS,
+    PAPER_RAMPUP_STEPS,
+    PAPER_STEPS,
+    PRESETS,
+    RANGES,
+    ConfigError,
+    TrainConfig,
+    augmentation_of,
+    field_types,
+)
+
+# The presets as they were typed out one by one before they were built from PAPER: nothing may move.
+# (arch, num_labels, steps, alpha, lambda_u, rampup_steps, eval_every, pad, flip)
+PRESET_TABLE = {
+    "default": ("wrn28_2", 250, 1 << 20, 0.75, 75, 16384, 1024, 4, True),
+    "cifar10": ("wrn28_2", 250, 1 << 20, 0.75, 75, 16384, 1024, 4, True),
+    "cifar100": ("wrn28_2", 10000, 1 << 20, 0.75, 150, 16384, 1024, 4, True),
+    "svhn": ("wrn28_2", 250, 1 << 20, 0.25, 250, 16384, 1024, 4, False),
+    "stl10": ("wrn28_2", 1000, 1 << 20, 0.75, 50, 16384, 1024, 12, True),
+    "digits": ("cnn", 50, 5000, 0.75, 75, 2000, 250, 1, False),
+    "mnist": ("cnn", 100, 3000, 0.75, 75, 1000, 250, 2, False),
+    "fashion-mnist": ("cnn", 100, 3000, 0.75, 75, 1000, 250, 2, True),
+    "svhn-extra": ("wrn28_2", 250, 1 << 20, 0.25, 250, 16384, 1024, 4, False),
+    "folder": ("wrn28_2", None, 1 << 20, 0.75, 75, 16384, 1024, 4, True),
+}
+PRESET_KEYS = ("arch", "num_labels", "steps", "alpha", "lambda_u", "rampup_steps", "eval_every", "pad", "flip")
+
+
+def test_presets_keep_their_values_and_order():
+    assert list(PRESETS) == list(PRESET_TABLE)
+    for name, row in PRESET_TABLE.items():
+        assert PRESETS[name] == dict(zip(PRESET_KEYS, row, strict=True)), name
+    assert PAPER_STEPS == 1048576 and PAPER_RAMPUP_STEPS == 16384
+
+
+def test_pad_and_flip_are_fields_filled_from_the_preset():
+    assert (TrainConfig(dataset="svhn").resolved().pad, TrainConfig(dataset="svhn").resolved().flip) == (4, False)
+    assert augmentation_of("stl10") == (12, True) and augmentation_of("no-such-set") == (4, True)
+    mine = TrainConfig(dataset="svhn", pad=0, flip=True).resolved()
+    assert (mine.pad, mine.flip) == (0, True)
+    assert {"pad", "flip"} <= set(TrainConfig().resolved().to_dict())
+
+
+def test_the_trainer_augments_with_the_configs_pad_and_flip(tmp_path, digits):
+    from mixmatch.train import Trainer
+
+    trainer = Trainer(TrainConfig(steps=1, pad=3, flip=True, progress=False, out=str(tmp_path)), digits)
+    assert (trainer.augment.pad, trainer.augment.flip) == (3, True)
+    trainer = Trainer(TrainConfig(steps=1, progress=False, out=str(tmp_path)), digits)
+    assert (trainer.augment.pad, trainer.augment.flip) == (1, False)  # the digits preset
+
+
+def test_choice_fields_are_literals_and_the_cli_offers_exactly_them():
+    from mixmatch.cli import build_parser
+
+    types = field_types()
+    literals = {name: typing.get_args(t) for name, t in types.items() if typing.get_origin(t) is typing.Literal}
+    assert set(literals) == {"method", "optimizer", "schedule", "bn_mode", "mix", "amp", "channels_last", "compile"}
+    assert literals["method"] == METHODS == ("mixmatch", "supervised", "fully-supervised")
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    offered = {a.dest: tuple(a.choices) for a in train._actions if a.choices is not None}
+    assert offered == literals
+
+
+def test_every_numeric_field_has_a_range():
+    numeric = {name for name, t in field_types().items() if t in (int, float)}
+    assert numeric == set(RANGES)
+
+
+# One value out of range and one at the edge of it, per numeric field.
+BAD_AND_EDGE = {
+    "image_size": (3, 4),
+    "val_fraction": (1.0, 0.0),
+    "num_labels": (0, 1),
+    "seed": (-1, 0),
+    "steps": (0, 1),
+    "batch_size": (0, 1),
+    "k": (0, 1),
+    "temperature": (0.0, 1e-3),
+    "alpha": (-0.1, 0.0),
+    "lambda_u": (-3, 0),
+    "rampup_steps": (-1, 0),
+    "pad": (-1, 0),
+    "lr": (0.0, 1e-6),
+    "weight_decay": (-0.01, 0.0),
+    "ema_decay": (1.0, 0.0),
+    "eval_every": (0, 1),
+    "log_every": (0, 1),
+    "checkpoint_every": (-1, 0),
+    "keep_checkpoints": (0, 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_AND_EDGE))
+def test_validate_refuses_each_field_out_of_range_in_field_names(name):
+    bad, edge = BAD_AND_EDGE[name]
+    TrainConfig(**{name: edge}).validate()
+    with pytest.raises(ConfigError, match=rf"^{name} must be .*, got ") as error:
+        TrainConfig(**{name: bad}).validate()
+    assert error.value.field == name and "--" not in str(error.value)
+
+
+def test_validate_messages_and_types():
+    with pytest.raises(ConfigError, match=r"^lambda_u must be >= 0, got -3$"):
+        TrainConfig(lambda_u=-3.0).validate()
+    with pytest.raises(ConfigError, match=r"^ema_decay must be in \[0, 1\), got 1.5$"):
+        TrainConfig(ema_decay=1.5).validate()
+    with pytest.raises(ConfigError, match=r"^lr must be a finite number, got nan$"):
+        TrainConfig(lr=float("nan")).validate()
+    with pytest.raises(ConfigError, match=r"^steps must be a whole number, got 2.5$"):
+        TrainConfig(steps=2.5).validate()
+    with pytest.raises(ConfigError, match=r"^unknown mix 'both'; choose one of all, labeled, unlabeled, separate$"):
+        TrainConfig(mix="both").validate()
+    with pytest.raises(ConfigError, match=r"^unknown architecture 'vgg'"):
+        TrainConfig(arch="vgg").validate()
+    for name in PRESET_TABLE:
+        TrainConfig(dataset=name).resolved().validate()  # every preset is in range
+    assert TrainConfig().validate() == TrainConfig()
+
+
+def test_a_resumed_config_json_without_pad_and_flip_takes_the_preset():
+    old = {k: v for k, v in dataclasses.asdict(TrainConfig(dataset="svhn")).items() if k not in ("pad", "flip")}
+    cfg = TrainConfig(**old).resolved()
+    assert (cfg.pad, cfg.flip) == (4, False)
