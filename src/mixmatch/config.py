@@ -48,6 +48,11 @@ class TrainConfig:
     optimizer: str = _opt("adam", "adam or sgd (Nesterov momentum 0.9)", choices=("adam", "sgd"))
     weight_decay: float = _opt(0.02, "decoupled decay of conv/linear weights, w *= 1 - wd*lr each step")
     ema_decay: float = _opt(0.999, "EMA decay of the evaluated weights; 0 evaluates the raw model")
+    ema_warmup: bool = _opt(
+        True,
+        "warm the EMA decay up as min(decay, (1 + t) / (10 + t)) at update t (TensorFlow's num_updates, timm's "
+        "model EMA), so short runs evaluate trained weights; --no-ema-warmup: the paper's plain EMA",
+    )
     schedule: str = _opt("constant", "learning rate schedule: constant or onecycle", choices=("constant", "onecycle"))
     bn_mode: str = _opt(
         "concat",
