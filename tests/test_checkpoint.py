@@ -1,6 +1,7 @@
-"""Checkpoints: exact resume after SIGKILL, SIGTERM/SIGINT stops, refusal of bad files, NaN handling."""
+"""Checkpoints: exact resume after SIGKILL and from a damaged run, SIGTERM/SIGINT stops, bad files, NaN."""
 
 import json
+import logging
 import os
 import pathlib
 import random
@@ -126,14 +127,7 @@ def test_checkpoints_are_kept_and_rotated(tmp_path, digits):
 
 def test_sigint_stops_at_the_step_with_a_checkpoint(tmp_path, digits):
     trainer = Trainer(config(tmp_path, checkpoint_every=0), digits)
-    step = trainer.train_step
-
-    def interrupted_step():
-        if trainer.step == 7:
-            signal.raise_signal(signal.SIGINT)
-        return step()
-
-    trainer.train_step = interrupted_step
+    interrupt_at(trainer, 8)
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted, match="stopped by SIGINT at step 8") as stop:
         trainer.fit()
@@ -174,6 +168,71 @@ def test_truncated_checkpoint_is_one_line(finished_run, tmp_path, cli_error):
     data = R.checkpoints(finished_run)[-1].read_bytes()
     (run / "checkpoints" / "step-00000020.pt").write_bytes(data[: len(data) // 2])
     assert "is truncated or not a checkpoint" in cli_error("train", "--resume", str(run))
+
+
+def interrupt_at(trainer: Trainer, step: int) -> None:
+    """SIGINT during `step`: fit() saves a checkpoint at its end and raises TrainingInterrupted."""
+    train_step = trainer.train_step
+
+    def interrupted_step():
+        if trainer.step == step - 1:
+            signal.raise_signal(signal.SIGINT)
+        return train_step()
+
+    trainer.train_step = interrupted_step
+
+
+def test_damaged_newest_checkpoint_and_cut_metrics_resume_from_the_one_before(tmp_path, digits, caplog):
+    """A run stopped at step 20 whose step-20 checkpoint was then cut in half (a full disk, a broken copy)
+    and whose metrics.jsonl ends mid-line resumes from step 10 and ends as the uninterrupted run does."""
+    settings = dict(steps=30, checkpoint_every=10, keep_checkpoints=5, channels_last="off")
+    full = Trainer(config(tmp_path / "full", **settings), digits)
+    full.fit()
+    damaged = Trainer(config(tmp_path / "cut", **settings), digits)
+    interrupt_at(damaged, 20)
+    with pytest.raises(TrainingInterrupted):
+        damaged.fit()
+    run = tmp_path / "cut" / "run"
+    newest = R.checkpoints(run)[-1]
+    assert newest.name == "step-00000020.pt"
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 25, "loss": 0.3')
+
+    resumed = Trainer(config(tmp_path / "cut", **settings), digits)
+    with caplog.at_level(logging.WARNING):
+        assert resumed.resume().name == "step-00000010.pt" and resumed.step == 10
+    [skipped] = caplog.messages
+    assert "skipped 1 newer checkpoint(s) that do not load, using" in skipped and "step-00000010.pt" in skipped
+    assert f"{newest} is truncated or not a checkpoint ({len(data) // 2} bytes: cut short" in skipped
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        resumed.fit()
+    [cut_line] = caplog.messages
+    assert "dropped 1 line(s) of" in cut_line and "metrics.jsonl that are cut short" in cut_line
+
+    a, b = full.state_dict(), resumed.state_dict()
+    assert a["step"] == b["step"] == 30
+    for part in ("model", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert records(run) == records(tmp_path / "full" / "run")
+
+
+def test_a_run_whose_checkpoints_are_all_damaged_names_the_newest_problem(finished_run, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for step in (10, 20):
+        (run / "checkpoints" / f"step-{step:08d}.pt").write_bytes(b"")
+    with pytest.raises(C.CheckpointError, match=r"none of the 2 checkpoints of .* loads; the newest: checkpoint "
+                       r".*step-00000020\.pt is truncated or not a checkpoint \(0 bytes: an empty file"):
+        C.load_newest(run)
+    (run / "checkpoints" / "step-00000010.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(C.CheckpointError, match=r"truncated or not a checkpoint \(23 bytes: not a file torch.save "):
+        C.safe_load(run / "checkpoints" / "step-00000010.pt")
 
 
 def test_pickle_with_code_is_refused(finished_run, tmp_path, capsys):

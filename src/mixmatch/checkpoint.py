@@ -15,6 +15,7 @@ import pickle
 import signal
 import threading
 import warnings
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
@@ -68,20 +69,34 @@ def safe_load(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
             # A foreign pickle's protocol warning would add lines to the one-line error.
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" not in str(error) and "Unsupported class" not in str(error):
+            raise CheckpointError(f"{what} {path} is truncated or not a {what} ({_damage(path, error)})") from None
         raise CheckpointError(
             f"refused to load {what} {path}: it holds Python objects other than tensors, which could run "
             f"code on loading (only weights-only files are read)"
         ) from None
     except Exception as error:  # torch raises OSError, RuntimeError, KeyError... for a damaged file
-        reason = " ".join(str(error).split())[:200] or type(error).__name__
-        size = path.stat().st_size
-        raise CheckpointError(
-            f"{what} {path} is truncated or not a {what} ({size} bytes; {type(error).__name__}: {reason})"
-        ) from None
+        raise CheckpointError(f"{what} {path} is truncated or not a {what} ({_damage(path, error)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a mixmatch checkpoint")
     return state
+
+
+def _damage(path: Path, error: Exception) -> str:
+    """What is wrong with a file torch.load failed on, in words."""
+    size = path.stat().st_size
+    if size == 0:
+        return "0 bytes: an empty file"
+    with path.open("rb") as f:
+        zip_start = f.read(4) == b"PK\x03\x04"
+    # torch.save writes a zip archive, whose directory is at its end.
+    if not zip_start:
+        return f"{size} bytes: not a file torch.save writes (no zip archive)"
+    if not zipfile.is_zipfile(path):
+        return f"{size} bytes: cut short, the end of its zip archive is missing"
+    first = " ".join(str(error).split()).split(". ")[0][:200]
+    return f"{size} bytes: {type(error).__name__}: {first}"
 
 
 def load_newest(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -101,7 +116,8 @@ def load_newest(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
             problems.append(str(error))
             continue
         if problems:
-            log.warning(f"mixmatch: skipped {len(problems)} damaged checkpoint(s), using {path}: {'; '.join(problems)}")
+            skipped = f"skipped {len(problems)} newer checkpoint(s) that do not load"
+            log.warning(f"mixmatch: {skipped}, using {path}: {'; '.join(problems)}")
         return path, state
     if len(found) == 1:
         raise CheckpointError(problems[0])
