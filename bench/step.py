@@ -69,16 +69,25 @@ def synthetic_cifar(n: int = 4096, seed: int = 0) -> ImageDataset:
     return ImageDataset("synthetic-cifar10", images, labels, images[:256], labels[:256], [str(i) for i in range(10)])
 
 
-def make_trainer(path: str, args: argparse.Namespace, data: ImageDataset) -> Trainer:
-    """reference, default (the Trainer's defaults for the paper's schedule) or default-eager (no compile)."""
+def per_image(batched: Augmenter) -> PerImageAugmenter:
+    return PerImageAugmenter(batched.mean, batched.std, batched.pad)
+
+
+def default_adam(parameters: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(parameters, lr=config.lr)  # PyTorch's defaults: a loop over the parameters on CPU
+
+
+def make_trainer(path: str, args: argparse.Namespace, data: ImageDataset, per_image_augment: bool = True) -> Trainer:
+    """reference, default (the Trainer's defaults for the paper's schedule) or default-eager (no compile).
+
+    The reference path replaces the Trainer's augmentation (unless `per_image_augment` is False) and its
+    optimiser through the Trainer's `augment` and `optimizer` options.
+    """
     common = dict(dataset="cifar10", arch="wrn28_2", num_labels=250, steps=2**20, batch_size=args.batch, k=args.k,
                   device=args.device, progress=False, out="/tmp/mixmatch-bench", seed=0)
     if path == "reference":
-        trainer = Trainer(TrainConfig(**common, amp="off", channels_last="off", bn_mode="interleave", compile="off"),
-                          data)
-        trainer.augment = PerImageAugmenter(trainer.augment.mean, trainer.augment.std, trainer.augment.pad)
-        trainer.optimizer = torch.optim.Adam(trainer.model.parameters(), lr=trainer.config.lr)  # PyTorch's defaults
-        return trainer
+        config = TrainConfig(**common, amp="off", channels_last="off", bn_mode="interleave", compile="off")
+        return Trainer(config, data, augment=per_image if per_image_augment else None, optimizer=default_adam)
     compile_mode = "off" if path == "default-eager" else args.compile
     return Trainer(TrainConfig(**common, amp=args.amp, channels_last="auto", bn_mode="concat", compile=compile_mode),
                    data)
@@ -87,19 +96,15 @@ def make_trainer(path: str, args: argparse.Namespace, data: ImageDataset) -> Tra
 def loss_on_one_batch(trainer: Trainer, seed: int = 1) -> float:
     """The MixMatch loss (lambda_u at full weight) of one batch that every path draws alike.
 
-    The reference path's per-image augmentation draws from another generator, so the batched one stands in
-    for it here: the paths then differ only in arithmetic (precision, memory format, compile) and in how
+    Give it fresh trainers of the same initial weights, the reference one built with the batched
+    augmentation (make_trainer(..., per_image_augment=False)): the per-image augmentation draws from another
+    generator. The paths then differ only in arithmetic (precision, memory format, compile) and in how
     BatchNorm batches X' and U' (interleave against concat).
     """
-    augment, step = trainer.augment, trainer.step
-    trainer.augment = Augmenter(augment.mean.flatten(), augment.std.flatten(), augment.pad, augment.flip,
-                                trainer.channels_last)
     trainer.step = trainer.config.rampup_steps
     trainer.model.train()
     torch.manual_seed(seed)
-    loss = trainer.mixmatch_loss()[0].item()
-    trainer.augment, trainer.step = augment, step
-    return loss
+    return trainer.mixmatch_loss()[0].item()
 
 
 def sync(device: torch.device) -> None:
@@ -178,14 +183,14 @@ def main() -> None:
 
     data = synthetic_cifar()
     paths = {name: make_trainer(name, args, data) for name in ("reference", "default")}
-    if paths["default"].compiled:
+    if paths["default"].torch_compile:
         paths["default-eager"] = make_trainer("default-eager", args, data)
     compile_seconds = {}
     for name, trainer in paths.items():
         warm = timed_steps(trainer, args.warmup)
         compile_seconds[name] = warm[0]
     # Measured after the warm-up steps (which moved the weights apart): from equal fresh copies instead.
-    losses = {name: loss_on_one_batch(make_trainer(name, args, data)) for name in paths}
+    losses = {name: loss_on_one_batch(make_trainer(name, args, data, per_image_augment=False)) for name in paths}
     per_round = max(1, args.steps // args.rounds)
     times: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(args.rounds):
@@ -198,7 +203,7 @@ def main() -> None:
         device=str(default.device), cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
         torch=torch.__version__, batch=args.batch, k=args.k, steps_each=len(times["default"]),
         default_path=dict(bf16=default.bf16, channels_last=default.channels_last, bn_mode="concat",
-                          augmentation="batched gather on device", compile=default.compiled,
+                          augmentation="batched gather on device", compile=default.torch_compile,
                           optimizer="torch.optim.Adam fused"),
         reference_path=dict(bf16=False, channels_last=False, bn_mode="interleave", augmentation="per image",
                             optimizer="torch.optim.Adam defaults (a loop over parameters on CPU)"),

@@ -1,6 +1,7 @@
-"""Checkpoints: exact resume after SIGKILL, SIGTERM/SIGINT stops, refusal of bad files, NaN handling."""
+"""Checkpoints: exact resume after SIGKILL and from a damaged run, SIGTERM/SIGINT stops, bad files, NaN."""
 
 import json
+import logging
 import os
 import pathlib
 import random
@@ -14,8 +15,10 @@ import pytest
 import torch
 
 from mixmatch import checkpoint as C
+from mixmatch import runfolder as R
 from mixmatch.config import TrainConfig
 from mixmatch.data import ImageDataset
+from mixmatch.runtime import rng_state, set_rng_state
 from mixmatch.train import Trainer, TrainingDiverged, TrainingInterrupted
 
 # Bit-exact runs on CPU need the same kernels and reduction order in the killed, the resumed and the
@@ -52,17 +55,17 @@ def test_sigkill_then_resume_gives_bit_identical_weights(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     uninterrupted = subprocess.Popen(cli(*args, "--out", str(full)), env=ENV, stdout=subprocess.DEVNULL)
     killed = subprocess.Popen(cli(*args, "--out", str(cut)), env=ENV, stdout=subprocess.DEVNULL)
-    wait_for(lambda: C.checkpoints(cut) or killed.poll() is not None)
+    wait_for(lambda: R.checkpoints(cut) or killed.poll() is not None)
     killed.send_signal(signal.SIGKILL)
     assert killed.wait() == -signal.SIGKILL
     assert not (cut / "summary.json").exists(), "the run finished before the kill; make it longer"
-    killed_at = int(C.checkpoints(cut)[-1].stem.split("-")[1])
+    killed_at = int(R.checkpoints(cut)[-1].stem.split("-")[1])
 
     resumed = subprocess.run(cli("train", "--resume", str(cut), "--no-progress"), env=ENV, capture_output=True)
     assert resumed.returncode == 0, resumed.stderr
     assert uninterrupted.wait() == 0
 
-    a, b = C.safe_load(C.latest_checkpoint(full)), C.safe_load(C.latest_checkpoint(cut))
+    a, b = C.safe_load(R.checkpoints(full)[-1]), C.safe_load(R.checkpoints(cut)[-1])
     assert a["step"] == b["step"] == 160 and killed_at < 160
     for part in ("model", "ema"):
         assert a[part].keys() == b[part].keys()
@@ -92,7 +95,7 @@ def test_sigterm_saves_a_checkpoint_and_says_where(tmp_path):
     line = stderr.strip().splitlines()[-1]
     assert line.startswith("mixmatch: stopped by SIGTERM at step "), stderr
     saved = pathlib.Path(line.split("checkpoint saved to ")[1].split(";")[0])
-    assert saved.is_file() and C.checkpoints(run) == [saved]
+    assert saved.is_file() and R.checkpoints(run) == [saved]
     step = int(line.split("at step ")[1].split(";")[0])
     assert C.safe_load(saved)["step"] == step > 0
     assert f"mixmatch train --resume {run}" in line
@@ -114,29 +117,22 @@ def finished_run(tmp_path_factory, digits) -> pathlib.Path:
 
 def test_checkpoints_are_kept_and_rotated(tmp_path, digits):
     Trainer(config(tmp_path, checkpoint_every=4, keep_checkpoints=2), digits).fit()
-    names = [p.name for p in C.checkpoints(tmp_path / "run")]
+    names = [p.name for p in R.checkpoints(tmp_path / "run")]
     assert names == ["step-00000016.pt", "step-00000020.pt"]
     assert not list((tmp_path / "run" / "checkpoints").glob(".*")), "no temporary files left behind"
     # A fresh run in the same folder starts without the earlier run's checkpoints.
     Trainer(config(tmp_path, steps=8, checkpoint_every=4, keep_checkpoints=2), digits).fit()
-    assert [p.name for p in C.checkpoints(tmp_path / "run")] == ["step-00000004.pt", "step-00000008.pt"]
+    assert [p.name for p in R.checkpoints(tmp_path / "run")] == ["step-00000004.pt", "step-00000008.pt"]
 
 
 def test_sigint_stops_at_the_step_with_a_checkpoint(tmp_path, digits):
     trainer = Trainer(config(tmp_path, checkpoint_every=0), digits)
-    step = trainer.train_step
-
-    def interrupted_step():
-        if trainer.step == 7:
-            signal.raise_signal(signal.SIGINT)
-        return step()
-
-    trainer.train_step = interrupted_step
+    interrupt_at(trainer, 8)
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted, match="stopped by SIGINT at step 8") as stop:
         trainer.fit()
     assert stop.value.signum == signal.SIGINT
-    assert [p.name for p in C.checkpoints(tmp_path / "run")] == ["step-00000008.pt"]
+    assert [p.name for p in R.checkpoints(tmp_path / "run")] == ["step-00000008.pt"]
     assert signal.getsignal(signal.SIGINT) is handler, "the previous handler is back"
 
 
@@ -146,8 +142,8 @@ def test_nan_stops_naming_the_step_and_the_last_checkpoint(tmp_path, digits, mon
     # The loss turns NaN in step 11; the checkpoint of step 15 comes before the log record of step 20.
     with pytest.raises(TrainingDiverged, match=r"at step 15.*the last checkpoint is .*step-00000010\.pt"):
         trainer.fit()
-    assert [p.name for p in C.checkpoints(tmp_path / "run")] == ["step-00000005.pt", "step-00000010.pt"]
-    for path in C.checkpoints(tmp_path / "run"):
+    assert [p.name for p in R.checkpoints(tmp_path / "run")] == ["step-00000005.pt", "step-00000010.pt"]
+    for path in R.checkpoints(tmp_path / "run"):
         assert C.all_finite(C.safe_load(path)["model"].values())
 
 
@@ -156,7 +152,7 @@ def test_resume_drops_metrics_written_after_the_checkpoint(tmp_path, digits):
     Trainer(config(tmp_path, checkpoint_every=10, keep_checkpoints=5), digits).fit()
     before = records(run)
     # As if killed after the records of step 20 but before its checkpoint.
-    C.latest_checkpoint(run).unlink()
+    R.checkpoints(run)[-1].unlink()
     resumed = Trainer(config(tmp_path, checkpoint_every=10, keep_checkpoints=5), digits)
     assert resumed.resume().name == "step-00000010.pt" and resumed.step == 10
     resumed.fit()
@@ -169,9 +165,74 @@ def test_truncated_checkpoint_is_one_line(finished_run, tmp_path, cli_error):
     run.mkdir()
     (run / "config.json").write_text((finished_run / "config.json").read_text())
     (run / "checkpoints").mkdir()
-    data = C.latest_checkpoint(finished_run).read_bytes()
+    data = R.checkpoints(finished_run)[-1].read_bytes()
     (run / "checkpoints" / "step-00000020.pt").write_bytes(data[: len(data) // 2])
     assert "is truncated or not a checkpoint" in cli_error("train", "--resume", str(run))
+
+
+def interrupt_at(trainer: Trainer, step: int) -> None:
+    """SIGINT during `step`: fit() saves a checkpoint at its end and raises TrainingInterrupted."""
+    train_step = trainer.train_step
+
+    def interrupted_step():
+        if trainer.step == step - 1:
+            signal.raise_signal(signal.SIGINT)
+        return train_step()
+
+    trainer.train_step = interrupted_step
+
+
+def test_damaged_newest_checkpoint_and_cut_metrics_resume_from_the_one_before(tmp_path, digits, caplog):
+    """A run stopped at step 20 whose step-20 checkpoint was then cut in half (a full disk, a broken copy)
+    and whose metrics.jsonl ends mid-line resumes from step 10 and ends as the uninterrupted run does."""
+    settings = dict(steps=30, checkpoint_every=10, keep_checkpoints=5, channels_last="off")
+    full = Trainer(config(tmp_path / "full", **settings), digits)
+    full.fit()
+    damaged = Trainer(config(tmp_path / "cut", **settings), digits)
+    interrupt_at(damaged, 20)
+    with pytest.raises(TrainingInterrupted):
+        damaged.fit()
+    run = tmp_path / "cut" / "run"
+    newest = R.checkpoints(run)[-1]
+    assert newest.name == "step-00000020.pt"
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 25, "loss": 0.3')
+
+    resumed = Trainer(config(tmp_path / "cut", **settings), digits)
+    with caplog.at_level(logging.WARNING):
+        assert resumed.resume().name == "step-00000010.pt" and resumed.step == 10
+    [skipped] = caplog.messages
+    assert "skipped 1 newer checkpoint(s) that do not load, using" in skipped and "step-00000010.pt" in skipped
+    assert f"{newest} is truncated or not a checkpoint ({len(data) // 2} bytes: cut short" in skipped
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        resumed.fit()
+    [cut_line] = caplog.messages
+    assert "dropped 1 line(s) of" in cut_line and "metrics.jsonl that are cut short" in cut_line
+
+    a, b = full.state_dict(), resumed.state_dict()
+    assert a["step"] == b["step"] == 30
+    for part in ("model", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert records(run) == records(tmp_path / "full" / "run")
+
+
+def test_a_run_whose_checkpoints_are_all_damaged_names_the_newest_problem(finished_run, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for step in (10, 20):
+        (run / "checkpoints" / f"step-{step:08d}.pt").write_bytes(b"")
+    with pytest.raises(C.CheckpointError, match=r"none of the 2 checkpoints of .* loads; the newest: checkpoint "
+                       r".*step-00000020\.pt is truncated or not a checkpoint \(0 bytes: an empty file"):
+        C.load_newest(run)
+    (run / "checkpoints" / "step-00000010.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(C.CheckpointError, match=r"truncated or not a checkpoint \(23 bytes: not a file torch.save "):
+        C.safe_load(run / "checkpoints" / "step-00000010.pt")
 
 
 def test_pickle_with_code_is_refused(finished_run, tmp_path, capsys):
@@ -190,7 +251,7 @@ def test_pickle_with_code_is_refused(finished_run, tmp_path, capsys):
 
 def test_checkpoint_of_another_architecture_is_refused(finished_run, digits, tmp_path):
     trainer = Trainer(config(tmp_path, arch="wrn28_2"), digits)
-    path = C.latest_checkpoint(finished_run)
+    path = R.checkpoints(finished_run)[-1]
     message = "holds a cnn for 10 classes of 1x8x8 images; this run builds a wrn28_2 for 10 classes"
     with pytest.raises(C.CheckpointError, match=message):
         trainer.load_state_dict(C.safe_load(path), path)
@@ -207,7 +268,7 @@ def test_checkpoint_of_another_class_count_is_refused(finished_run, digits, tmp_
         digits.classes[:5],
     )
     trainer = Trainer(config(tmp_path, num_labels=25), five)
-    path = C.latest_checkpoint(finished_run)
+    path = R.checkpoints(finished_run)[-1]
     with pytest.raises(C.CheckpointError, match="holds a cnn for 10 classes .* builds a cnn for 5 classes"):
         trainer.load_state_dict(C.safe_load(path), path)
 
@@ -226,9 +287,9 @@ def test_foreign_and_missing_files_are_one_line(finished_run, tmp_path, cli_erro
 
 
 def test_rng_state_round_trips():
-    state = C.rng_state()
+    state = rng_state()
     expected = (torch.rand(3), np.random.rand(3).tolist(), random.random())
-    C.set_rng_state(state)
+    set_rng_state(state)
     assert torch.equal(torch.rand(3), expected[0])
     assert np.random.rand(3).tolist() == expected[1]
     assert random.random() == expected[2]

@@ -11,6 +11,7 @@ import torch
 import torch.multiprocessing as mp
 
 from mixmatch import checkpoint as C
+from mixmatch import runfolder as R
 from mixmatch.config import TrainConfig
 from mixmatch.train import Trainer
 
@@ -50,7 +51,7 @@ def test_torchrun_two_processes_follow_the_one_process_loss_curve(tmp_path):
     assert max(gaps) < LOSS_TOLERANCE and sum(gaps) / len(gaps) < MEAN_TOLERANCE, (curve_one, curve_two)
     assert curve_two[-1] < 0.6 * curve_two[0]
 
-    state = C.safe_load(C.latest_checkpoint(tmp_path / "two"))
+    state = C.safe_load(R.checkpoints(tmp_path / "two")[-1])
     assert len(state["rng"]) == 2 and not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
 
 

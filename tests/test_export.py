@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from safetensors.torch import load_file
 
 from mixmatch import checkpoint as C
 from mixmatch import export as E
+from mixmatch import runfolder as R
 from mixmatch.cli import main
 from mixmatch.config import TrainConfig
 from mixmatch.dataset import DataError
@@ -41,6 +43,24 @@ def test_export_writes_ema_weights_and_what_rebuilds_the_model(trained):
     assert (meta["in_channels"], meta["image_size"], meta["step"]) == (1, 8, 120)
     assert meta["mean"] == pytest.approx(trainer.augment.mean.tolist())
     assert meta["std"] == pytest.approx(trainer.augment.std.tolist())
+
+
+def test_export_skips_a_damaged_newest_checkpoint_with_one_warning(trained, tmp_path, caplog):
+    _, _, run = trained
+    copy = tmp_path / "run"
+    (copy / "checkpoints").mkdir(parents=True)
+    good = R.checkpoints(run)[-1]
+    (copy / "checkpoints" / good.name).write_bytes(good.read_bytes())
+    cut = copy / "checkpoints" / "step-00000130.pt"
+    cut.write_bytes(good.read_bytes()[:1000])
+    with caplog.at_level(logging.WARNING):
+        out = E.export(copy)
+    [warning] = caplog.messages
+    using = copy / "checkpoints" / good.name
+    assert f"skipped 1 newer checkpoint(s) that do not load, using {using}: checkpoint {cut} is truncated" in warning
+    assert json.loads(R.model_meta_path(out).read_text())["step"] == 120
+    exported, original = load_file(str(out)), load_file(str(run / "model.safetensors"))
+    assert all(torch.equal(exported[k], original[k]) for k in original)
 
 
 def test_evaluate_matches_the_trainer_and_draws_the_confusion_matrix(trained, capsys, tmp_path):

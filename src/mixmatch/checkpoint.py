@@ -1,35 +1,35 @@
-"""Checkpoints of a run: written atomically, the last few kept, loaded without unpickling code.
+"""Checkpoints of a run: saved atomically, the last few kept, loaded without unpickling code.
 
-A checkpoint is `RUN_DIR/checkpoints/step-NNNNNNNN.pt`, a torch.save of plain containers and tensors
-only (RNG states included, as tensors and ints), so `torch.load(weights_only=True)` reads it; a file
-holding any other Python object is refused rather than executed.
+A checkpoint (runfolder.checkpoint_path) is a torch.save of plain containers and tensors only (RNG states
+included, as tensors and ints), so `torch.load(weights_only=True)` reads it; a file holding any other
+Python object is refused rather than executed. A run folder whose newest checkpoint is damaged (a disk
+that filled, a copy that broke) resumes and exports from the newest one that loads.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
+import logging
 import pickle
-import random
-import re
 import signal
 import threading
 import warnings
-from collections.abc import Callable, Iterable
+import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from . import runfolder as R
 from .config import TrainConfig
 
 FORMAT = "mixmatch-checkpoint/1"
-CHECKPOINT_DIR = "checkpoints"
-_NAME = re.compile(r"step-(\d+)\.pt")
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -39,55 +39,19 @@ class CheckpointError(ValueError):
 # ---- files ------------------------------------------------------------------------------------
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(temporary path) and move the result onto `path` in one step.
-
-    A crash or SIGKILL mid-write leaves the previous file intact (and a stray temporary file), never a
-    truncated `path`: os.replace within one folder is atomic, and fsync makes the bytes durable first.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def checkpoints(run_dir: str | Path) -> list[Path]:
-    """The checkpoints of a run folder, oldest first."""
-    folder = Path(run_dir) / CHECKPOINT_DIR
-    found = [(int(m.group(1)), p) for p in folder.glob("step-*.pt") if (m := _NAME.fullmatch(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path:
-    found = checkpoints(run_dir)
-    if not found:
-        raise CheckpointError(f"{run_dir} has no checkpoint (nothing in {Path(run_dir) / CHECKPOINT_DIR})")
-    return found[-1]
-
-
-def checkpoint_path(run_dir: str | Path, step: int) -> Path:
-    return Path(run_dir) / CHECKPOINT_DIR / f"step-{step:08d}.pt"
-
-
 def save_checkpoint(state: dict[str, Any], path: Path, keep: int) -> None:
-    """Write `state` to `path` (from checkpoint_path) and delete all but the newest `keep` checkpoints."""
+    """Write `state` to `path` (from runfolder.checkpoint_path) and delete all but the newest `keep` checkpoints."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
+    R.atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
     run_dir = path.parent.parent
-    for old in checkpoints(run_dir)[:-keep]:
+    for old in R.checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
-    # Temporary files of processes killed mid-write.
-    for stray in path.parent.glob(".step-*.pt.tmp-*"):
-        stray.unlink(missing_ok=True)
+    R.remove_temporaries(path.parent, "step-*.pt")
 
 
 def remove_checkpoints(run_dir: str | Path) -> None:
     """Delete a run folder's checkpoints: a fresh run there must not resume, or keep, an earlier run's."""
-    for path in checkpoints(run_dir):
+    for path in R.checkpoints(run_dir):
         path.unlink()
 
 
@@ -105,16 +69,59 @@ def safe_load(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
             # A foreign pickle's protocol warning would add lines to the one-line error.
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" not in str(error) and "Unsupported class" not in str(error):
+            raise CheckpointError(f"{what} {path} is truncated or not a {what} ({_damage(path, error)})") from None
         raise CheckpointError(
             f"refused to load {what} {path}: it holds Python objects other than tensors, which could run "
             f"code on loading (only weights-only files are read)"
         ) from None
     except Exception as error:  # torch raises OSError, RuntimeError, KeyError... for a damaged file
-        raise CheckpointError(f"{what} {path} is truncated or not a {what} ({type(error).__name__})") from None
+        raise CheckpointError(f"{what} {path} is truncated or not a {what} ({_damage(path, error)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a mixmatch checkpoint")
     return state
+
+
+def _damage(path: Path, error: Exception) -> str:
+    """What is wrong with a file torch.load failed on, in words."""
+    size = path.stat().st_size
+    if size == 0:
+        return "0 bytes: an empty file"
+    with path.open("rb") as f:
+        zip_start = f.read(4) == b"PK\x03\x04"
+    # torch.save writes a zip archive, whose directory is at its end.
+    if not zip_start:
+        return f"{size} bytes: not a file torch.save writes (no zip archive)"
+    if not zipfile.is_zipfile(path):
+        return f"{size} bytes: cut short, the end of its zip archive is missing"
+    first = " ".join(str(error).split()).split(". ")[0][:200]
+    return f"{size} bytes: {type(error).__name__}: {first}"
+
+
+def load_newest(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The newest checkpoint of a run folder that loads, and its state (safe_load's).
+
+    Newer ones that do not load are skipped with one warning line that names each and why; CheckpointError
+    if the folder has none, or none loads (the message gives the newest one's problem).
+    """
+    found = R.checkpoints(run_dir)
+    if not found:
+        raise CheckpointError(f"{run_dir} has no checkpoint (nothing in {Path(run_dir) / R.CHECKPOINTS})")
+    problems: list[str] = []
+    for path in reversed(found):
+        try:
+            state = safe_load(path)
+        except CheckpointError as error:
+            problems.append(str(error))
+            continue
+        if problems:
+            skipped = f"skipped {len(problems)} newer checkpoint(s) that do not load"
+            log.warning(f"mixmatch: {skipped}, using {path}: {'; '.join(problems)}")
+        return path, state
+    if len(found) == 1:
+        raise CheckpointError(problems[0])
+    raise CheckpointError(f"none of the {len(found)} checkpoints of {run_dir} loads; the newest: {problems[0]}")
 
 
 def describe(meta: dict[str, Any]) -> str:
@@ -134,13 +141,15 @@ def check_compatible(saved: dict[str, Any], expected: dict[str, Any], path: str 
 
 def run_config(run_dir: str | Path) -> TrainConfig:
     """The config a run folder was started with (its config.json), for --resume."""
-    path = Path(run_dir) / "config.json"
+    path = Path(run_dir) / R.CONFIG
     if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not a run folder (no config.json)")
+        raise CheckpointError(f"{run_dir} is not a run folder (no {R.CONFIG})")
     try:
         values = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{path} is not valid JSON ({error})") from None
+    # A run started before the EMA warm-up existed continues with the plain EMA it began with.
+    values.setdefault("ema_warmup", False)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -149,28 +158,6 @@ def run_config(run_dir: str | Path) -> TrainConfig:
 
 
 # ---- state ------------------------------------------------------------------------------------
-
-
-def rng_state() -> dict[str, Any]:
-    """Every random generator of this process, as tensors and ints (weights-only loadable)."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    return dict(
-        torch=torch.get_rng_state(),
-        cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        numpy=dict(keys=torch.from_numpy(keys.astype(np.int64)), pos=pos, has_gauss=has_gauss, gauss=gauss),
-        python=dict(version=version, internal=torch.tensor(internal, dtype=torch.int64), gauss_next=gauss_next),
-    )
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
 
 
 def all_finite(tensors: Iterable[Tensor]) -> bool:

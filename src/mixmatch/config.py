@@ -85,6 +85,12 @@ class TrainConfig:
     optimizer: Literal["adam", "sgd"] = _opt("adam", "adam or sgd (Nesterov momentum 0.9)", "optimisation")
     weight_decay: float = _opt(0.02, "decoupled decay of conv/linear weights, w *= 1 - wd*lr each step", "optimisation")
     ema_decay: float = _opt(0.999, "EMA decay of the evaluated weights; 0 evaluates the raw model", "model")
+    ema_warmup: bool = _opt(
+        True,
+        "warm the EMA decay up as min(decay, (1 + t) / (10 + t)) at update t (TensorFlow's num_updates, timm's "
+        "model EMA), so short runs evaluate trained weights; off: the paper's plain EMA",
+        "model",
+    )
     schedule: Literal["constant", "onecycle"] = _opt(
         "constant", "learning rate schedule: constant or onecycle", "optimisation"
     )

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from . import checkpoint as C
+from . import runfolder as R
 from .augment import normalize
 from .dataset import DataError
 from .images import is_image_file, load_image
@@ -24,22 +25,25 @@ MODEL_FORMAT = "mixmatch-model/1"
 
 
 def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write the newest checkpoint's EMA weights (the evaluated model) as safetensors plus its JSON."""
+    """Write the newest readable checkpoint's EMA weights (the evaluated model) as safetensors plus its JSON.
+
+    Newer checkpoints that are damaged are skipped with a warning (checkpoint.load_newest); CheckpointError
+    if none loads.
+    """
     from safetensors.torch import save_file
 
-    path = C.latest_checkpoint(run_dir)
-    state = C.safe_load(path)
+    _, state = C.load_newest(run_dir)
     if state["ema"] is not None:
         prefix = "module."
         weights = {k[len(prefix) :]: v for k, v in state["ema"].items() if k.startswith(prefix)}
     else:  # --ema-decay 0 evaluates the raw model
         weights = state["model"]
-    out = Path(out) if out is not None else Path(run_dir) / "model.safetensors"
+    out = Path(out) if out is not None else Path(run_dir) / R.MODEL
     out.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in weights.items()}  # channels_last weights are not contiguous
-    C.atomic_write(out, lambda tmp: save_file(tensors, str(tmp)))
+    R.atomic_write(out, lambda tmp: save_file(tensors, str(tmp)))
     meta = dict(format=MODEL_FORMAT, **state["meta"], step=state["step"], weights=out.name)
-    C.atomic_write(out.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+    R.write_json(R.model_meta_path(out), meta)
     return out
 
 
@@ -50,10 +54,10 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
     path = Path(path)
     if path.is_dir():
-        path = path / "model.safetensors"
+        path = path / R.MODEL
     if not path.is_file():
         raise C.CheckpointError(f"model file {path} does not exist (write one with `mixmatch export RUN_DIR`)")
-    meta_path = path.with_suffix(".json")
+    meta_path = R.model_meta_path(path)
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError):

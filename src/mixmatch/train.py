@@ -7,31 +7,39 @@ fully-supervised  the same on every training label
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import random
-import shutil
 import signal
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import checkpoint as C
+from . import runfolder as R
 from .augment import Augmenter
 from .config import TrainConfig
 from .dataset import ImageDataset
 from .distributed import ProcessGroup
 from .distributed import stop as stop_process_group
 from .ema import EMA
-from .metrics import MetricsLog, require_tensorboard
+from .metrics import MetricsLog, median_of_last, require_tensorboard
 from .models import build_model
+from .runtime import (
+    CompiledOrEager,
+    pick_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    use_bf16,
+    use_channels_last,
+    use_compile,
+    use_deterministic_algorithms,
+)
 from .splits import choose_split, load_for_config, save_split
 from .step import MixMatchStep, class_marginal
 
@@ -48,98 +56,50 @@ class TrainingInterrupted(RuntimeError):
         self.signum = signum
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} asked for, but CUDA is not available here")
-    return device
-
-
-def cpu_has_bf16() -> bool:
-    """True where the CPU has bf16 matrix units (AVX512-BF16 or AMX), which make bf16 autocast pay."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def use_bf16(amp: str, device: torch.device) -> bool:
-    if amp == "off":
-        return False
-    if amp == "bf16":
-        return True
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return cpu_has_bf16()
-
-
-# torch.compile costs a minute or more of compiling (71 s for WRN-28-2 on the 2-core CPU of
-# results/perf.md) and saved about 10% of a step there: it pays from a few thousand steps on.
-COMPILE_AUTO_MIN_STEPS = 20_000
-
-
-def use_compile(mode: str, steps: int) -> bool:
-    """auto: compile long runs where inductor has the C++ compiler it needs."""
-    if mode != "auto":
-        return mode == "on"
-    return steps >= COMPILE_AUTO_MIN_STEPS and any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++"))
-
-
-class CompiledOrEager:
-    """torch.compile(module), or the module itself for good once compiling fails.
-
-    A missing compiler or an operation inductor cannot handle should cost speed, not the run: the failure
-    is reported as a warning and the step goes on in eager mode.
-    """
-
-    def __init__(self, module: nn.Module):
-        self.module = module
-        self.compiled: Any = torch.compile(module)
-
-    def __call__(self, x: Tensor) -> Tensor:
-        if self.compiled is not None:
-            try:
-                return self.compiled(x)
-            except Exception as error:  # noqa: BLE001 (any compiler failure: eager gives the same result)
-                reason = " ".join(str(error).split())[:200]
-                warnings.warn(f"torch.compile failed, going on without it (--compile off hides this): {reason}",
-                              stacklevel=2)
-                self.compiled = None
-        return self.module(x)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def use_deterministic_algorithms(device: torch.device) -> None:
-    """Deterministic kernels only. CPU kernels already are at a fixed thread count; CUDA's need this."""
-    if device.type == "cuda":
-        # cuBLAS reads this when it first starts, which is after this point.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(True)
-
-
 def decayed_parameters(model: nn.Module) -> list[Tensor]:
     """Conv and linear weights: the official code decays 'kernel' variables only, not biases or BatchNorm."""
     return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
 
 
 class Trainer:
-    """Holds everything that changes during a run; `fit()` runs it and writes the run folder."""
+    """Holds everything that changes during a run; `fit()` runs it and writes the run folder.
 
-    def __init__(self, config: TrainConfig, dataset: ImageDataset | None = None):
+    Two parts can be replaced, for comparisons such as bench/step.py's reference path:
+    `augment(default)` is given the default batched Augmenter (its mean, std, pad and flip) and returns
+    the augmentation to use instead (anything with the Augmenter's __call__, views and plain);
+    `optimizer(parameters, config)` builds the optimiser instead of the fused Adam or SGD of the config.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        dataset: ImageDataset | None = None,
+        *,
+        augment: Callable[[Augmenter], Any] | None = None,
+        optimizer: Callable[[list[nn.Parameter], TrainConfig], torch.optim.Optimizer] | None = None,
+    ):
         self.config = cfg = config.resolved()
         cfg.validate()
         if cfg.tensorboard:
             require_tensorboard()
         seed_everything(cfg.seed)
+        self._setup_runtime()
+        self._setup_data(dataset)
+        if augment is not None:
+            self.augment = augment(self.augment)
+        self._setup_model()
+        self._setup_optimiser(optimizer)
+        aligned = cfg.distribution_alignment and cfg.method == "mixmatch"
+        target = class_marginal(self.labeled_y, self.data.num_classes) if aligned else None
+        self.mixmatch = MixMatchStep.from_config(cfg, target, self.dist.average)
+        self._setup_progress()
+        if self.dist.enabled:
+            # The same initial weights on every process (seeded above), but different batches.
+            seed_everything(cfg.seed + self.dist.rank)
+
+    def _setup_runtime(self) -> None:
+        """This process's share of a torchrun launch, its device, precision and memory format."""
+        cfg = self.config
         self.dist = ProcessGroup.from_env()
         self.device = self.dist.device(pick_device(cfg.device))
         if cfg.batch_size % self.dist.world_size:
@@ -152,8 +112,11 @@ class Trainer:
         # Each process draws its share of the global batch.
         self.local_batch = cfg.batch_size // self.dist.world_size
         self.bf16 = use_bf16(cfg.amp, self.device)
-        self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and self.bf16)
+        self.channels_last = use_channels_last(cfg.channels_last, self.bf16)
 
+    def _setup_data(self, dataset: ImageDataset | None) -> None:
+        """The data set, its labelled split and unlabelled pool on the device, and their augmentation."""
+        cfg = self.config
         self.data = dataset if dataset is not None else load_for_config(cfg)
         self.split = choose_split(self.data, cfg.num_labels, cfg.seed, cfg.labeled_split)
         images, labels = self.data.train_images, self.data.train_labels
@@ -169,20 +132,31 @@ class Trainer:
         mean, std = self.data.channel_stats()
         self.augment = Augmenter(mean.to(self.device), std.to(self.device), cfg.pad, cfg.flip, self.channels_last)
 
+    def _setup_model(self) -> None:
+        """The model (memory format, SyncBatchNorm), its EMA, and the forward pass (DDP, torch.compile)."""
+        cfg = self.config
         channels, size = self.data.shape[0], self.data.shape[1]
         self.model = build_model(cfg.arch, self.data.num_classes, channels, size).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.sync_bn and self.dist.enabled:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
         wrapped = self.dist.wrap(self.model)
-        self.compiled = use_compile(cfg.compile, cfg.steps)
-        self.forward = CompiledOrEager(wrapped) if self.compiled else wrapped
+        self.torch_compile = use_compile(cfg.compile, cfg.steps)  # whether the forward pass is compiled
+        self.forward = CompiledOrEager(wrapped) if self.torch_compile else wrapped
+
+    def _setup_optimiser(
+        self, build: Callable[[list[nn.Parameter], TrainConfig], torch.optim.Optimizer] | None
+    ) -> None:
+        """The optimiser, the learning-rate schedule and the weights that decay."""
+        cfg = self.config
         # One fused kernel for all parameters instead of a loop over them (PyTorch's CPU default).
         fused = self.device.type in ("cpu", "cuda")
-        if cfg.optimizer == "adam":
-            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=fused)
+        if build is not None:
+            self.optimizer: torch.optim.Optimizer = build(list(self.model.parameters()), cfg)
+        elif cfg.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=fused)
         else:
             self.optimizer = torch.optim.SGD(
                 self.model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, fused=fused
@@ -193,17 +167,14 @@ class Trainer:
             else None
         )
         self.decayed = decayed_parameters(self.model)
-        aligned = cfg.distribution_alignment and cfg.method == "mixmatch"
-        target = class_marginal(self.labeled_y, self.data.num_classes) if aligned else None
-        self.mixmatch = MixMatchStep.from_config(cfg, target, self.dist.average)
+
+    def _setup_progress(self) -> None:
+        """Where the run stands: step 0 of a fresh run (resume() moves it on)."""
         self.step = 0
         self.pending: list[Tensor] = []  # (3,) losses of the steps since the last metrics record
         self.wall_seconds = 0.0  # of training before this process, for a resumed run
         self.last_checkpoint: Path | None = None
         self.resumed = False
-        if self.dist.enabled:
-            # The same initial weights on every process (seeded above), but different batches.
-            seed_everything(cfg.seed + self.dist.rank)
 
     # ---- one step -------------------------------------------------------------------------------
 
@@ -327,7 +298,7 @@ class Trainer:
             guess_marginal=self.guess_marginal,
             optimizer=self.optimizer.state_dict(),
             scheduler=None if self.scheduler is None else self.scheduler.state_dict(),
-            rng=self.dist.gather(C.rng_state()),  # one per process: each draws its own batches
+            rng=self.dist.gather(rng_state()),  # one per process: each draws its own batches
             pending=self.dist.average(pending).cpu(),
             wall_seconds=self.wall_seconds,
         )
@@ -352,7 +323,7 @@ class Trainer:
         self.pending = list(state["pending"].to(self.device).unbind(0))
         rng = state["rng"]
         if len(rng) == self.dist.world_size:
-            C.set_rng_state(rng[self.dist.rank])
+            set_rng_state(rng[self.dist.rank])
         else:
             warnings.warn(
                 f"{source} was written by {len(rng)} processes, this run has {self.dist.world_size}: "
@@ -362,9 +333,12 @@ class Trainer:
             seed_everything(self.config.seed + self.step + self.dist.rank)
 
     def resume(self) -> Path:
-        """Continue from the newest checkpoint of the run folder (config.out); returns its path."""
-        path = C.latest_checkpoint(self.config.out)
-        self.load_state_dict(C.safe_load(path), path)
+        """Continue from the newest checkpoint of the run folder (config.out) that loads; returns its path.
+
+        Newer checkpoints that are damaged are skipped with a warning (checkpoint.load_newest).
+        """
+        path, state = C.load_newest(self.config.out)
+        self.load_state_dict(state, path)
         self.last_checkpoint, self.resumed = path, True
         return path
 
@@ -378,7 +352,7 @@ class Trainer:
                 f"weights or loss not finite at step {self.step}, no checkpoint saved; {self._last_checkpoint_text()}"
             )
         state = self.state_dict()
-        path = C.checkpoint_path(self.config.out, self.step)
+        path = R.checkpoint_path(self.config.out, self.step)
         if self.dist.is_main:
             C.save_checkpoint(state, path, self.config.keep_checkpoints)
         self.last_checkpoint = path
@@ -407,8 +381,8 @@ class Trainer:
             out.mkdir(parents=True, exist_ok=True)
         if main and not self.resumed:
             C.remove_checkpoints(out)
-            (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-            save_split(out / "split.json", cfg.dataset, self.split, cfg.seed, self.data)
+            R.write_json(out / R.CONFIG, cfg.to_dict())
+            save_split(out / R.SPLIT, cfg.dataset, self.split, cfg.seed, self.data)
         metrics = MetricsLog(out if main else None, self.step if self.resumed else None, cfg.tensorboard)
         start = time.perf_counter() - self.wall_seconds
         accuracy = float("nan")
@@ -458,13 +432,15 @@ class Trainer:
             steps=self.step,
             arch=cfg.arch,
             test_accuracy=accuracy,
+            # The paper's statistic: the median over the last 20 evaluations (rank 0's record of them).
+            median_test_accuracy_last_20=median_of_last(metrics.accuracies),
             wall_seconds=round(time.perf_counter() - start, 2),
             device=str(self.device),
             bf16=self.bf16,
             torch=torch.__version__,
         )
         if main:
-            (out / "summary.json").write_text(json.dumps(summary, indent=2))
+            R.write_json(out / R.SUMMARY, summary)
         return summary
 
     def _log(self, metrics: MetricsLog, bar: Any, accuracy: float) -> None:
