@@ -25,7 +25,7 @@ from mixmatch import algorithm as A  # noqa: E402
 from mixmatch.augment import Augmenter  # noqa: E402
 from mixmatch.config import TrainConfig  # noqa: E402
 from mixmatch.data import labeled_split, load_dataset  # noqa: E402
-from mixmatch.fastai import MixMatchCallback, image_dataloaders, mixmatch_learner  # noqa: E402
+from mixmatch.fastai import EMACallback, MixMatchCallback, image_dataloaders, mixmatch_learner  # noqa: E402
 from mixmatch.models import build_model  # noqa: E402
 from mixmatch.step import MIX_MODES, class_marginal  # noqa: E402
 from mixmatch.train import Trainer  # noqa: E402
@@ -370,3 +370,15 @@ def test_bad_callback_settings_are_refused(tmp_path, digits, split):
     with pytest.raises(ValueError, match="interleave' needs unlabelled batches as large as the labelled ones"):
         learn.fit(1, 1e-3)
     assert "forward" not in vars(learn.model)
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_ema_callback_warms_its_decay_up_unless_told_not_to(tmp_path, digits, split, warmup):
+    """The callback's EMA is the Trainer's: warmed up by default, the paper's plain decay with warmup=False."""
+    learn = make_learner(tmp_path, digits, split, iters=3, ema_decay=0.999, ema_warmup=warmup)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1)
+    ema = next(cb for cb in learn.cbs if isinstance(cb, EMACallback)).ema_model
+    assert ema.warmup is warmup and int(ema.updates) == 3
+    expected = min(0.999, 4 / 13) if warmup else 0.999
+    assert float(ema.current_decay()) == pytest.approx(expected)

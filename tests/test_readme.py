@@ -52,3 +52,15 @@ def test_old_summaries_get_the_median_of_the_last_20_evaluations_from_metrics():
     assert len(accuracies) == 20
     last = sorted(accuracies[-20:])
     assert read_run(run)["summary"]["median_test_accuracy_last_20"] == (last[9] + last[10]) / 2
+
+
+def test_layout_names_every_module_once_and_nothing_else():
+    """README's Layout section has one line per module of src/mixmatch and lists no module that is gone."""
+    layout = README[README.index("## Layout") :]
+    block = layout[layout.index("```") + 3 : layout.index("```", layout.index("```") + 3)]
+    listed = [line.split()[0] for line in block.strip().splitlines() if line.startswith("src/mixmatch/")]
+    modules = sorted(
+        str(p.relative_to(ROOT)) for p in (ROOT / "src" / "mixmatch").rglob("*.py") if p.name != "__main__.py"
+    )
+    modules.remove("src/mixmatch/__init__.py")
+    assert sorted(listed) == modules

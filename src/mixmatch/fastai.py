@@ -352,8 +352,9 @@ class EMACallback(Callback):
 
     The paper evaluates the EMA of the weights (decay 0.999), as the library's Trainer does. After every
     optimiser step the average is updated (mixmatch.ema.EMA, the Trainer's EMA: BatchNorm's running
-    statistics are averaged too). The average starts from the weights at the first fit, so a short run's
-    EMA is still close to the initial weights: decay 0.999 needs a few thousand steps.
+    statistics are averaged too). The average starts from the weights at the first fit; with `warmup`
+    (default) its decay is min(decay, (1 + t) / (10 + t)) at update t, as TensorFlow's and timm's, so a short
+    run's EMA is not stuck near the initial weights; `warmup=False` is the paper's plain EMA.
 
     Validation: with `validate_ema` (default) the averaged weights are copied into `learn.model` at
     `before_validate` and the raw weights put back at `after_validate`. That covers the validation of
@@ -367,10 +368,10 @@ class EMACallback(Callback):
     thrown away), `reset()` starts afresh.
     """
 
-    def __init__(self, decay: float = 0.999, validate_ema: bool = True):
+    def __init__(self, decay: float = 0.999, validate_ema: bool = True, warmup: bool = True):
         if not 0 <= decay < 1:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
-        self.decay, self.validate_ema = decay, validate_ema
+        self.decay, self.validate_ema, self.warmup = decay, validate_ema, warmup
         self.ema_model: EMA | None = None
         self._raw: list[Tensor] | None = None  # the raw weights while the EMA ones are swapped in
 
@@ -389,7 +390,7 @@ class EMACallback(Callback):
             self.run = False  # fastai sets it back to True after this fit
             return
         if self.ema_model is None:
-            self.ema_model = EMA(self.learn.model, self.decay)
+            self.ema_model = EMA(self.learn.model, self.decay, self.warmup)
 
     def after_step(self) -> None:
         self.ema_model.update(self.learn.model)
@@ -551,6 +552,7 @@ def mixmatch_learner(
     bn_mode: str = "concat",
     distribution_alignment: bool = False,
     labeled_marginal: Tensor | None = None,
+    ema_warmup: bool = True,
     **learner_kwargs: Any,
 ) -> Learner:
     """A Learner set up as the paper (and the library's Trainer): model `arch` from
@@ -558,7 +560,8 @@ def mixmatch_learner(
     code's) with decoupled weight decay `wd` on conv/linear weights only (fastai's default leaves
     BatchNorm and biases undecayed, and applies w *= 1 - lr*wd, the Trainer's form), cross-entropy and
     accuracy for validation, `MixMatchCallback(unlabeled, augment, K, T, alpha, lambda_u, rampup_steps, mix,
-    bn_mode, distribution_alignment, labeled_marginal)` and, if ema_decay > 0, `EMACallback(ema_decay)`.
+    bn_mode, distribution_alignment, labeled_marginal)` and, if ema_decay > 0,
+    `EMACallback(ema_decay, warmup=ema_warmup)`.
 
     unlabeled: see `MixMatchCallback` (an image tensor (N, C, H, W) or a loader). None builds the same
         Learner without MixMatch: the labelled-only baseline, trained and evaluated the same way.
@@ -589,7 +592,7 @@ def mixmatch_learner(
             )
         )
     if ema_decay > 0:
-        callbacks.append(EMACallback(ema_decay))
+        callbacks.append(EMACallback(ema_decay, warmup=ema_warmup))
     learner_kwargs.setdefault("loss_func", CrossEntropyLossFlat())
     learner_kwargs.setdefault("metrics", accuracy)
     learner_kwargs.setdefault("opt_func", partial(Adam, mom=0.9, sqr_mom=0.999, eps=1e-8))
