@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from conftest import LookupModel
 from mixmatch import algorithm as A
 
 settings.register_profile("ci", deadline=None, max_examples=40)
@@ -97,17 +98,6 @@ def test_mix_weights_follow_folded_beta():
     # E[max(l, 1-l)] for l ~ Beta(1, 1) (uniform) is 3/4.
     lam = A.sample_mix_weights(200_000, 1.0, torch.zeros(1))
     assert abs(lam.mean().item() - 0.75) < 0.005
-
-
-class LookupModel(nn.Module):
-    """Logits read from the input's first pixel, so the test knows each view's prediction."""
-
-    def __init__(self, table: torch.Tensor):
-        super().__init__()
-        self.table = table
-
-    def forward(self, x):
-        return self.table[x[:, 0, 0, 0].long()]
 
 
 @given(k=st.integers(1, 4), b=st.integers(1, 8), T=temperatures, seed=st.integers(0, 2**16))

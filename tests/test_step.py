@@ -7,20 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from conftest import LookupModel
 from mixmatch import algorithm as A
 from mixmatch.config import TrainConfig
 from mixmatch.step import ALIGNMENT_DECAY, MIX_MODES, MixMatchStep, class_marginal
-
-
-class LookupModel(nn.Module):
-    """Logits read from the input's first pixel, so the test knows each view's prediction."""
-
-    def __init__(self, table: torch.Tensor):
-        super().__init__()
-        self.table = table
-
-    def forward(self, x):
-        return self.table[x[:, 0, 0, 0].long()]
 
 
 def lookup_views(k: int, b: int) -> torch.Tensor:
