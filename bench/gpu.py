@@ -5,12 +5,12 @@ One script, run as it is on a lent GPU machine within a few minutes (`--budget` 
 1. the bf16 matrix-multiply rate of this device (n x n x n products, n=8192 on CUDA), the ceiling;
 2. the FLOPs of one WRN-28-2 MixMatch step (torch.utils.flop_counter: label guessing, forward and backward);
 3. the step timed on each path, alternating rounds: reference (fp32, NCHW, the official three interleaved
-   passes, eager), eager (the library's defaults without compiling), compiled (torch.compile of the model)
-   and cuda-graphs (torch.compile mode="reduce-overhead": the model's kernels replayed as CUDA graphs);
-   each with steps/s, images/s, the fraction of the matrix rate it reaches, and the paper's 1,048,576
-   steps projected in hours;
-4. a short MixMatch run of WRN-28-2 on Fashion-MNIST (`--data-dir`, 100 labels), its steps cut to what the
-   remaining budget allows at the measured speed.
+   passes, eager), eager (the library's defaults with `--compile off`) and compiled (`--compile on`, which
+   on one GPU is torch.compile mode="reduce-overhead": the model's kernels replayed as CUDA graphs); each
+   with steps/s, images/s, the fraction of the matrix rate it reaches, and the paper's 1,048,576 steps
+   projected in hours; and the losses of 20 steps of eager and compiled from the same weights and draws;
+4. a short MixMatch run of WRN-28-2 on Fashion-MNIST (`--data-dir`, 100 labels, `--run-compile`), its steps
+   cut to what the remaining budget allows at the measured speed.
 
     python bench/gpu.py --data-dir ../shared/data --out results/gpu-h200
     python bench/gpu.py --tiny --dataset digits --out /tmp/gpu-check     # seconds, on a CPU (the test)
@@ -69,11 +69,10 @@ def synthetic_cifar(n: int, device: torch.device, seed: int = 0) -> ImageDataset
 
 
 PATHS = {
-    # name: TrainConfig overrides; "reduce-overhead" is applied to the compiled model below.
+    # name: TrainConfig overrides
     "reference": dict(amp="off", channels_last="off", bn_mode="interleave", compile="off"),
     "eager": dict(compile="off"),
     "compiled": dict(compile="on"),
-    "cuda-graphs": dict(compile="off"),
 }
 
 
@@ -86,18 +85,13 @@ def make_trainer(path: str, args: argparse.Namespace, data: ImageDataset, device
     trainer = Trainer(config, data)
     # Past the ramp-up, so that lambda_u is the same constant on every path.
     trainer.step = trainer.config.rampup_steps
-    if path == "cuda-graphs":
-        trainer.forward = torch.compile(trainer.forward, mode="reduce-overhead")
     return trainer
 
 
-def run_steps(trainer: Trainer, n: int, graphs: bool) -> list[float]:
+def run_steps(trainer: Trainer, n: int) -> list[float]:
     times = []
     for _ in range(n):
         start = time.perf_counter()
-        if graphs:
-            # A new iteration: outputs of the last replay may be overwritten from here on.
-            torch.compiler.cudagraph_mark_step_begin()
         trainer.train_step()
         sync(trainer.device)
         times.append(time.perf_counter() - start)
@@ -112,9 +106,21 @@ def step_flops(trainer: Trainer) -> int:
     return counter.get_total_flops()
 
 
+def loss_agreement(args: argparse.Namespace, data: ImageDataset, device: torch.device) -> dict[str, Any]:
+    """Losses of `args.agree_steps` steps of eager and compiled trainers from the same seed: the same weights,
+    batches and draws, so the two differ only in arithmetic (kernels, fusion, bf16 rounding)."""
+    losses = {}
+    for name in ("eager", "compiled"):
+        trainer = make_trainer(name, args, data, device)
+        losses[name] = [trainer.train_step()[0].item() for _ in range(args.agree_steps)]
+    gaps = [abs(a - b) / abs(a) for a, b in zip(losses["eager"], losses["compiled"], strict=True)]
+    return dict(steps=args.agree_steps, max_relative_gap=max(gaps), mean_relative_gap=sum(gaps) / len(gaps),
+                **losses)
+
+
 def time_paths(args: argparse.Namespace, device: torch.device, peak: float, deadline: float) -> dict[str, Any]:
     data = synthetic_cifar(4096 if not args.tiny else 256, device)
-    paths = [p for p in args.paths if p != "cuda-graphs" or device.type == "cuda"]
+    paths = list(args.paths)
     flops = step_flops(make_trainer("eager", args, data, device))
     trainers, first, failed = {}, {}, {}
     for name in paths:
@@ -123,7 +129,7 @@ def time_paths(args: argparse.Namespace, device: torch.device, peak: float, dead
             continue
         try:
             trainers[name] = make_trainer(name, args, data, device)
-            first[name] = run_steps(trainers[name], args.warmup, name == "cuda-graphs")[0]
+            first[name] = run_steps(trainers[name], args.warmup)[0]
         except Exception as error:  # noqa: BLE001 (a path that fails to compile must not cost the others)
             failed[name] = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
             trainers.pop(name, None)
@@ -133,7 +139,7 @@ def time_paths(args: argparse.Namespace, device: torch.device, peak: float, dead
     per_round = max(1, args.steps // args.rounds)
     for _ in range(args.rounds):
         for name, trainer in trainers.items():
-            times[name] += run_steps(trainer, per_round, name == "cuda-graphs")
+            times[name] += run_steps(trainer, per_round)
     images = args.batch * (1 + args.k)
     result: dict[str, Any] = dict(flops_per_step=flops, images_per_step=images, paths={}, failed=failed)
     for name, why in failed.items():
@@ -150,6 +156,8 @@ def time_paths(args: argparse.Namespace, device: torch.device, peak: float, dead
             first_step_seconds=first[name],
             timed_steps=len(t),
         )
+    if "eager" in trainers and "compiled" in trainers:
+        result["losses_eager_vs_compiled"] = loss_agreement(args, data, device)
     if "reference" in times:
         ref = statistics.median(times["reference"])
         for entry in result["paths"].values():
@@ -166,7 +174,7 @@ def short_run(args: argparse.Namespace, device: torch.device, seconds_per_step: 
     config = TrainConfig(
         dataset=args.dataset, data_dir=args.data_dir, arch="wrn28_2", steps=steps, rampup_steps=min(1000, steps),
         eval_every=args.eval_every, batch_size=args.batch, k=args.k, device=str(device), progress=False,
-        out=str(out), seed=0, checkpoint_every=0, tag="gpu-check",
+        out=str(out), seed=0, checkpoint_every=0, tag="gpu-check", compile=args.run_compile,
     )
     data = load_dataset(args.dataset, args.data_dir)
     if args.tiny:
@@ -202,6 +210,11 @@ def markdown(report: dict[str, Any]) -> str:
             f"{e.get('speedup_over_reference', float('nan')):.2f}x | {e['paper_schedule_hours']:.1f} | "
             f"{e['first_step_seconds']:.1f} |"
         )
+    agree = report["step"].get("losses_eager_vs_compiled")
+    if agree:
+        lines += ["", f"Losses of {agree['steps']} steps from the same weights and draws, compiled against eager: "
+                  f"largest relative gap {100 * agree['max_relative_gap']:.2f}%, mean "
+                  f"{100 * agree['mean_relative_gap']:.2f}%."]
     run = report.get("run")
     if run:
         lines += [
@@ -234,12 +247,15 @@ def main() -> None:
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--run-steps", type=int, default=8192, help="steps of the short run, at most")
     parser.add_argument("--eval-every", type=int, default=256)
+    parser.add_argument("--run-compile", default="auto", choices=("auto", "on", "off"),
+                        help="the short run's --compile (auto: eager below 20,000 steps)")
+    parser.add_argument("--agree-steps", type=int, default=20, help="steps of the eager/compiled loss check")
     parser.add_argument("--tiny", action="store_true", help="a few small steps, for the test on a CPU")
     args = parser.parse_args()
     if args.tiny:
         args.batch, args.steps, args.warmup, args.rounds = 4, 2, 1, 1
         args.run_steps, args.eval_every = 4, 2
-        args.paths = [p for p in args.paths if p not in ("compiled", "cuda-graphs")]
+        args.paths = [p for p in args.paths if p != "compiled"]
     start = time.perf_counter()
     deadline = start + args.budget
     device = torch.device(args.device)
@@ -264,9 +280,9 @@ def main() -> None:
               f"peak, paper schedule {e['paper_schedule_hours']:.1f} h", flush=True)
     fastest = min(report["step"]["paths"].values(), key=lambda e: e["ms_per_step"])
     Path(args.out, "gpu.json").write_text(json.dumps(report, indent=2))
-    # The short run uses the library's own choice for a run of its length (eager below 20,000 steps).
-    eager = report["step"]["paths"].get("eager", fastest)
-    run = short_run(args, device, eager["ms_per_step"] / 1000, deadline - time.perf_counter())
+    # The short run's speed: compiled if asked for (its compiling is in the quarter short_run keeps spare).
+    timed = report["step"]["paths"].get("compiled" if args.run_compile == "on" else "eager", fastest)
+    run = short_run(args, device, timed["ms_per_step"] / 1000, deadline - time.perf_counter())
     run["median_last20_accuracy"] = median_of_last(Path(args.out) / "run-metrics.jsonl")
     report["run"] = run
     report["seconds"] = time.perf_counter() - start

@@ -23,7 +23,7 @@ from .config import GROUPS, METHODS, PRESETS, ConfigError, TrainConfig, field_ty
 # The data flags that say which labelled subset a run takes; the rest of the data group says which images load.
 SPLIT_FIELDS = ("labeled_split", "num_labels")
 # What --resume may change: where and how the run continues, not what it computes.
-RESUME_OVERRIDES = ("device", "progress", "data_dir", "download")
+RESUME_OVERRIDES = ("device", "progress", "data_dir", "download", "threads")
 
 
 def flag(name: str) -> str:

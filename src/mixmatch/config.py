@@ -125,11 +125,18 @@ class TrainConfig:
         "auto", "bf16 autocast: auto (where the hardware has bf16 units), bf16 or off", "run"
     )
     channels_last: Literal["auto", "on", "off"] = _opt(
-        "auto", "channels_last memory format: auto (with bf16), on or off", "run"
+        "auto", "channels_last memory format: auto (on CPUs; on GPUs with bf16), on or off", "run"
+    )
+    threads: int | None = _opt(
+        None,
+        "CPU threads (default auto: the CPUs that other processes leave idle when the run starts, at most "
+        "torch's count)",
+        "run",
     )
     compile: Literal["auto", "on", "off"] = _opt(
         "auto",
-        "torch.compile the model: auto (runs of 20000+ steps, where a C++ compiler is present), on or off",
+        "torch.compile the model (on one GPU with CUDA graphs, mode reduce-overhead): auto (runs of 20000+ "
+        "steps, where a C++ compiler is present), on or off",
         "run",
     )
     out: str | None = _opt(None, "run folder (default runs/<dataset>-<method>-<labels>-<seed>)", "run")
@@ -224,6 +231,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "log_every": (lambda v: v > 0, "positive"),
     "checkpoint_every": (lambda v: v >= 0, ">= 0"),
     "keep_checkpoints": (lambda v: v >= 1, ">= 1"),
+    "threads": (lambda v: v >= 1, ">= 1"),
 }
 
 # The paper's CIFAR-10 settings (sources above): every preset is this base with what differs.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,52 @@ def use_bf16(amp: str, device: torch.device) -> bool:
     return cpu_has_bf16()
 
 
-def use_channels_last(mode: str, bf16: bool) -> bool:
-    """--channels-last auto: with bf16 autocast, whose convolution kernels want that memory format."""
-    return mode == "on" or (mode == "auto" and bf16)
+def use_channels_last(mode: str, bf16: bool, device: torch.device) -> bool:
+    """--channels-last auto: on CPUs (oneDNN's convolutions want NHWC, in fp32 as in bf16: the digits step
+    1.7x and WRN-28-2's 1.13x faster in fp32 on the 2-core EPYC, results/perf.md), on GPUs with bf16 autocast."""
+    if mode != "auto":
+        return mode == "on"
+    return device.type == "cpu" or bf16
+
+
+def _cpu_times(cpus: set[int]) -> tuple[float, float]:
+    """(idle, total) jiffies of the given CPUs from /proc/stat (idle counts iowait too)."""
+    idle = total = 0.0
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                values = [float(v) for v in fields[:8]]
+                idle += values[3] + values[4]
+                total += sum(values)
+    return idle, total
+
+
+def free_cpus(interval: float = 0.25) -> float:
+    """How many of the CPUs this process may run on sat idle over `interval` seconds (Linux; else all)."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    try:
+        idle0, total0 = _cpu_times(cpus)
+        time.sleep(interval)
+        idle1, total1 = _cpu_times(cpus)
+    except (OSError, ValueError):
+        return float(len(cpus))
+    if total1 <= total0:
+        return float(len(cpus))
+    return len(cpus) * (idle1 - idle0) / (total1 - total0)
+
+
+def pick_threads(threads: int | None) -> int:
+    """CPU threads for a run: `threads` as given, or auto (None): the CPUs other processes leave idle.
+
+    Why: torch's OpenMP threads wait for each other at the end of every operation, so when another process
+    holds one of two cores, the thread that shares it makes every operation wait for a time slice (the
+    digits step ran 11x slower with 2 threads than with 1 on a loaded 2-core machine, results/perf.md).
+    auto never goes above torch's current count (what OMP_NUM_THREADS or torch.set_num_threads chose).
+    """
+    if threads is not None:
+        return threads
+    return max(1, min(torch.get_num_threads(), round(free_cpus())))
 
 
 def use_compile(mode: str, steps: int) -> bool:
@@ -60,17 +104,34 @@ def use_compile(mode: str, steps: int) -> bool:
     return steps >= COMPILE_AUTO_MIN_STEPS and any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++"))
 
 
+def compile_mode(device: torch.device, distributed: bool) -> str | None:
+    """torch.compile's mode for a device: "reduce-overhead" (the model's kernels replayed as CUDA graphs) on
+    one GPU, inductor's default elsewhere.
+
+    At the paper's batch of 64 a WRN-28-2 step on an H200 is bound by kernel launches: compiling alone gave
+    35.2 ms against 34.7 eager, CUDA graphs 16.0 ms (results/perf.md). Under torchrun DDP's gradient hooks
+    run between the graphs, so several processes keep the default mode.
+    """
+    return "reduce-overhead" if device.type == "cuda" and not distributed else None
+
+
 class CompiledOrEager:
-    """torch.compile(module), or the module itself for good once compiling fails.
+    """torch.compile(module, mode=mode), or the module itself for good once compiling fails.
 
     A missing compiler or an operation inductor cannot handle should cost speed, not the run: the failure
     is reported as a warning and the step goes on in eager mode. `module` is the eager module, `compiled`
-    its compiled wrapper (None after a failure).
+    its compiled wrapper (None after a failure). With CUDA graphs ("reduce-overhead"), call `step_begin()`
+    at the start of every training step: the outputs of the last step's replays may be overwritten from then on.
     """
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, mode: str | None = None):
         self.module = module
-        self.compiled: Any = torch.compile(module)
+        self.cuda_graphs = mode == "reduce-overhead"
+        self.compiled: Any = torch.compile(module, mode=mode)
+
+    def step_begin(self) -> None:
+        if self.cuda_graphs and self.compiled is not None:
+            torch.compiler.cudagraph_mark_step_begin()
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.compiled is not None:

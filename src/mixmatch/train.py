@@ -31,7 +31,9 @@ from .metrics import MetricsLog, median_of_last, require_tensorboard
 from .models import build_model
 from .runtime import (
     CompiledOrEager,
+    compile_mode,
     pick_device,
+    pick_threads,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -112,7 +114,7 @@ class Trainer:
         # Each process draws its share of the global batch.
         self.local_batch = cfg.batch_size // self.dist.world_size
         self.bf16 = use_bf16(cfg.amp, self.device)
-        self.channels_last = use_channels_last(cfg.channels_last, self.bf16)
+        self.channels_last = use_channels_last(cfg.channels_last, self.bf16, self.device)
 
     def _setup_data(self, dataset: ImageDataset | None) -> None:
         """The data set, its labelled split and unlabelled pool on the device, and their augmentation."""
@@ -144,7 +146,8 @@ class Trainer:
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
         wrapped = self.dist.wrap(self.model)
         self.torch_compile = use_compile(cfg.compile, cfg.steps)  # whether the forward pass is compiled
-        self.forward = CompiledOrEager(wrapped) if self.torch_compile else wrapped
+        mode = compile_mode(self.device, self.dist.enabled)
+        self.forward = CompiledOrEager(wrapped, mode) if self.torch_compile else wrapped
 
     def _setup_optimiser(
         self, build: Callable[[list[nn.Parameter], TrainConfig], torch.optim.Optimizer] | None
@@ -232,6 +235,8 @@ class Trainer:
     def train_step(self) -> Tensor:
         """One optimisation step; returns the detached (total, L_X, L_U) as a (3,) tensor, without syncing."""
         self.model.train()
+        if isinstance(self.forward, CompiledOrEager):
+            self.forward.step_begin()
         loss, loss_x, loss_u = self.mixmatch_loss() if self.config.method == "mixmatch" else self.supervised_loss()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -437,6 +442,8 @@ class Trainer:
             wall_seconds=round(time.perf_counter() - start, 2),
             device=str(self.device),
             bf16=self.bf16,
+            channels_last=self.channels_last,
+            threads=torch.get_num_threads() if self.device.type == "cpu" else None,
             torch=torch.__version__,
         )
         if main:
@@ -476,11 +483,15 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None, resume: bool
 
     With `resume`, continue from the newest checkpoint in config.out instead of starting afresh.
     """
-    trainer = Trainer(config, dataset)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(pick_threads(config.threads))
+    trainer = None
     try:
+        trainer = Trainer(config, dataset)
         if resume:
             trainer.resume()
         return trainer.fit()
     finally:
-        if trainer.owns_process_group:
+        torch.set_num_threads(threads)
+        if trainer is not None and trainer.owns_process_group:
             stop_process_group()

@@ -1,0 +1,199 @@
+"""CPU step speed of every model we ship, as a fraction of this machine's own matrix-multiply peak.
+
+For each model (the digits CNN on 8x8 images, the same CNN on 28x28 Fashion-MNIST-shaped images, WRN-28-2 on
+32x32), one MixMatch step (64 labelled + 2 x 64 unlabelled images, augmentation and label guessing included)
+is timed on each path, alternating rounds so that every path sees the same machine load:
+
+    reference   fp32, NCHW, per-image augmentation, the official three interleaved passes, PyTorch's Adam
+    fp32-nchw   the library in fp32 with NCHW tensors: the default of a CPU without bf16 units until now
+    fp32        the default of a CPU without bf16 units (`--amp off`, channels_last auto)
+    default     the default of this machine (bf16 autocast where the CPU has bf16 units)
+
+Each step's FLOPs are counted by torch.utils.flop_counter; the peak is a 2048^3 fp32 (and bf16) matrix
+product measured in the same run, with the same threads. `--busy` also times the fp32 digits step beside
+one busy process (a Python loop that spins), with torch's own thread count and with `--threads auto`.
+
+    python bench/cpu.py --json results/perf-cpu-epyc-bf16.json
+    python bench/cpu.py --models digits --busy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from step import default_adam, per_image  # bench/step.py: the reference path's augmentation and optimiser
+from torch.utils.flop_counter import FlopCounterMode
+
+from mixmatch.config import TrainConfig
+from mixmatch.dataset import ImageDataset
+from mixmatch.loaders import load_dataset
+from mixmatch.runtime import cpu_has_bf16, pick_threads
+from mixmatch.train import Trainer
+
+PATHS: dict[str, dict[str, Any]] = {
+    "reference": dict(amp="off", channels_last="off", bn_mode="interleave"),
+    "fp32-nchw": dict(amp="off", channels_last="off"),
+    "fp32": dict(amp="off"),
+    "default": dict(),
+}
+
+
+def synthetic(shape: tuple[int, int, int], n: int = 2048) -> ImageDataset:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n) % 10
+    return ImageDataset("synthetic", images, labels, images[:256], labels[:256], [str(i) for i in range(10)])
+
+
+def model_setting(name: str) -> tuple[dict[str, Any], ImageDataset]:
+    """TrainConfig fields and data of one benchmarked model."""
+    if name == "digits":
+        return dict(dataset="digits", arch="cnn"), load_dataset("digits")
+    if name == "fashion":
+        return dict(dataset="fashion-mnist", arch="cnn", num_labels=100), synthetic((1, 28, 28))
+    return dict(dataset="cifar10", arch="wrn28_2", num_labels=250), synthetic((3, 32, 32))
+
+
+def make_trainer(model: str, path: str, threads: int | None = None) -> Trainer:
+    fields, data = model_setting(model)
+    config = TrainConfig(**fields, **PATHS[path], steps=100_000, compile="off", progress=False, threads=threads,
+                         out="/tmp/mixmatch-bench-cpu")
+    if path == "reference":
+        return Trainer(config, data, augment=per_image, optimizer=default_adam)
+    return Trainer(config, data)
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def step_gflop(trainer: Trainer) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        trainer.train_step()
+    return counter.get_total_flops() / 1e9
+
+
+def time_steps(trainer: Trainer, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        trainer.train_step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_model(model: str, args: argparse.Namespace, peaks: dict[str, float]) -> dict[str, Any]:
+    trainers = {path: make_trainer(model, path) for path in PATHS}
+    gflop = step_gflop(trainers["fp32"])
+    for trainer in trainers.values():
+        time_steps(trainer, args.warmup)
+    steps = args.steps if model != "wrn28_2" else max(2, args.steps // 10)
+    times: dict[str, list[float]] = {path: [] for path in trainers}
+    for _ in range(args.rounds):
+        for path, trainer in trainers.items():
+            times[path] += time_steps(trainer, max(1, steps // args.rounds))
+    result: dict[str, Any] = dict(gflop_per_step=gflop, paths={})
+    reference = statistics.median(times["reference"])
+    for path, t in times.items():
+        median = statistics.median(t)
+        bf16 = trainers[path].bf16
+        result["paths"][path] = dict(
+            ms_per_step=1000 * median,
+            gflops=gflop / median,
+            fraction_of_fp32_peak=gflop / median / peaks["fp32"],
+            fraction_of_own_peak=gflop / median / peaks["bf16" if bf16 else "fp32"],
+            speedup_over_reference=reference / median,
+            bf16=bf16,
+            channels_last=trainers[path].channels_last,
+            timed_steps=len(t),
+        )
+    return result
+
+
+def busy(args: argparse.Namespace) -> dict[str, Any]:
+    """The fp32 digits step quiet and beside one spinning process, with torch's threads and with auto."""
+    default_threads = torch.get_num_threads()
+
+    def median_ms(threads: int) -> float:
+        torch.set_num_threads(threads)
+        trainer = make_trainer("digits", "fp32")
+        time_steps(trainer, 10)
+        return 1000 * statistics.median(time_steps(trainer, max(args.steps, 60)))
+
+    quiet = {"torch": median_ms(default_threads), "auto": median_ms(pick_threads(None))}
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(1.0)
+        auto_threads = pick_threads(None)
+        loaded = {"torch": median_ms(default_threads), "auto": median_ms(auto_threads)}
+    finally:
+        spinner.kill()
+        torch.set_num_threads(default_threads)
+    # Both quiet settings are the same threads on a quiet machine; the faster one is the quiet speed.
+    quiet_ms = min(quiet.values())
+    return dict(
+        torch_threads=default_threads,
+        auto_threads_when_busy=auto_threads,
+        quiet_ms=quiet,
+        busy_ms=loaded,
+        busy_speed_as_fraction_of_quiet={k: quiet_ms / loaded[k] for k in loaded},
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["digits", "fashion", "wrn28_2"],
+                        choices=["digits", "fashion", "wrn28_2"])
+    parser.add_argument("--steps", type=int, default=40, help="timed steps of each path (a tenth for WRN-28-2)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4, help="alternations of the paths")
+    parser.add_argument("--busy", action="store_true", help="also time the digits step beside a busy process")
+    parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
+    args = parser.parse_args()
+
+    peaks = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    report: dict[str, Any] = dict(
+        command="python bench/cpu.py " + " ".join(sys.argv[1:]),
+        cpu=Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": \t")
+        if Path("/proc/cpuinfo").exists() else platform.processor(),
+        bf16_units=cpu_has_bf16(), threads=torch.get_num_threads(), torch=torch.__version__,
+        matmul_gflops=peaks, models={},
+    )
+    print(f"{report['cpu']}, bf16 units: {report['bf16_units']}, {report['threads']} threads, torch "
+          f"{torch.__version__}; 2048^3 matmul: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
+    for model in args.models:
+        result = report["models"][model] = bench_model(model, args, peaks)
+        print(f"{model}: {result['gflop_per_step']:.3f} GFLOP per step")
+        for path, e in result["paths"].items():
+            print(f"  {path:>10}: {e['ms_per_step']:8.1f} ms/step  {e['gflops']:6.1f} GFLOP/s  "
+                  f"{100 * e['fraction_of_fp32_peak']:5.1f}% of the fp32 peak  "
+                  f"{e['speedup_over_reference']:.2f}x the reference", flush=True)
+    if args.busy:
+        b = report["busy"] = busy(args)
+        print(f"digits fp32 step beside one busy process: torch's {b['torch_threads']} threads "
+              f"{min(b['quiet_ms'].values()):.1f} -> {b['busy_ms']['torch']:.1f} ms "
+              f"({100 * b['busy_speed_as_fraction_of_quiet']['torch']:.0f}% of quiet speed); "
+              f"--threads auto ({b['auto_threads_when_busy']} thread(s)) {b['busy_ms']['auto']:.1f} ms "
+              f"({100 * b['busy_speed_as_fraction_of_quiet']['auto']:.0f}% of quiet speed)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
