@@ -45,7 +45,7 @@ def test_readme_table_is_rebuilt_from_committed_runs(name, block):
 
 def test_old_summaries_get_the_median_of_the_last_20_evaluations_from_metrics():
     """Committed runs predate the figure in summary.json; `mixmatch report` takes it from metrics.jsonl."""
-    run = ROOT / "results" / "digits-50" / "mixmatch-seed0"
+    run = ROOT / "results" / "ablate-digits-50" / "mixmatch-seed0"
     assert "median_test_accuracy_last_20" not in json.loads((run / "summary.json").read_text())
     lines = (run / "metrics.jsonl").read_text().splitlines()
     accuracies = [r["test_accuracy"] for r in map(json.loads, lines) if "test_accuracy" in r]

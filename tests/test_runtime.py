@@ -32,7 +32,7 @@ def test_free_cpus_is_between_none_and_the_cpus_this_process_may_use():
 
 @pytest.mark.parametrize(("free", "current", "expected"), [(2.0, 2, 2), (1.2, 2, 1), (0.1, 2, 1), (2.0, 1, 1)])
 def test_auto_threads_take_the_idle_cpus_never_more_than_torchs_count(monkeypatch, free, current, expected):
-    monkeypatch.setattr(runtime, "free_cpus", lambda interval=0.25: free)
+    monkeypatch.setattr(runtime, "free_cpus", lambda interval=0.1: free)
     monkeypatch.setattr(torch, "get_num_threads", lambda: current)
     assert runtime.pick_threads(None) == expected
     assert runtime.pick_threads(3) == 3  # as given
@@ -40,7 +40,7 @@ def test_auto_threads_take_the_idle_cpus_never_more_than_torchs_count(monkeypatc
 
 def test_a_run_uses_its_threads_and_gives_torchs_count_back(tmp_path, digits, monkeypatch):
     before = torch.get_num_threads()
-    monkeypatch.setattr(runtime, "free_cpus", lambda interval=0.25: 0.0)  # every CPU busy: one thread
+    monkeypatch.setattr(runtime, "free_cpus", lambda interval=0.1: 0.0)  # every CPU busy: one thread
     cfg = TrainConfig(steps=2, eval_every=2, progress=False, out=str(tmp_path / "run"), amp="off")
     summary = train(cfg, digits)
     assert summary["threads"] == 1 and summary["channels_last"] is True

@@ -70,7 +70,7 @@ def _cpu_times(cpus: set[int]) -> tuple[float, float]:
     return idle, total
 
 
-def free_cpus(interval: float = 0.25) -> float:
+def free_cpus(interval: float = 0.1) -> float:
     """How many of the CPUs this process may run on sat idle over `interval` seconds (Linux; else all)."""
     cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
     try:
