@@ -215,11 +215,19 @@ def run_grid(configs: list[TrainConfig], out: Path, key: str) -> str:
 
     Returns the Markdown table; results.md, results.json and curves.png go to `out` (mixmatch.report).
     """
+    from .budget import needs_budget, plan
     from .report import report
+    from .splits import load_for_config
     from .train import train
 
-    for cfg in configs:
-        cfg.validate()
+    configs = [cfg.resolved().validate() for cfg in configs]
+    if any(needs_budget(cfg) for cfg in configs):
+        # One budget for the grid, measured on its slowest method, so that every run trains as many steps.
+        slowest = next((cfg for cfg in configs if cfg.method == "mixmatch"), configs[0])
+        planned, why = plan(slowest, load_for_config(slowest))
+        print(f"mixmatch: {why} Every run of this grid trains as many steps.", file=sys.stderr)
+        fixed = {name: getattr(planned, name) for name in ("steps", "arch", "rampup_steps", "eval_every", "minutes")}
+        configs = [dataclasses.replace(cfg, **fixed) for cfg in configs]
     for cfg in configs:
         summary = train(cfg)
         print(
@@ -313,9 +321,11 @@ def run_demo(args: argparse.Namespace) -> None:
 def run_data_list(args: argparse.Namespace) -> None:
     for name, preset in PRESETS.items():
         if name != "default":
+            model = preset["arch"] or "cnn on a CPU, wrn28_2 on a GPU"
+            steps = f"{preset['steps']} steps" if preset["steps"] else "as many steps as fit --minutes"
             print(
-                f"{name:>14}  model {preset['arch']}, {preset['num_labels'] or 'all'} labels, "
-                f"{preset['steps']} steps, alpha {preset['alpha']}, lambda_u {preset['lambda_u']}"
+                f"{name:>14}  model {model}, {preset['num_labels'] or 'all'} labels, "
+                f"{steps}, alpha {preset['alpha']}, lambda_u {preset['lambda_u']}"
             )
 
 

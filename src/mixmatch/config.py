@@ -71,6 +71,12 @@ class TrainConfig:
     seed: int = _opt(0, "seed of the labelled split and of training", "run")
     arch: str | None = _opt(None, "model: wrn28_2 or cnn", "model")
     steps: int | None = _opt(None, f"training steps (the official full schedule is {PAPER_STEPS})", "optimisation")
+    minutes: float | None = _opt(
+        None,
+        "train for about this many minutes instead of --steps: the steps fit the speed measured on the first "
+        "steps (--dataset folder without --steps: 10 on a CPU, 60 on a GPU)",
+        "optimisation",
+    )
     batch_size: int = _opt(64, "labelled batch size B; the unlabelled batch is also B, times K views", "optimisation")
     k: int = _opt(2, "augmented views K of each unlabelled image (official nu=2)", "MixMatch")
     temperature: float = _opt(0.5, "sharpening temperature T", "MixMatch")
@@ -148,6 +154,8 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         """A copy whose None fields are filled from the data set's preset."""
         preset = PRESETS.get(self.dataset, PRESETS["default"])
+        if self.minutes is not None:  # a time budget decides the steps (mixmatch.budget), not the preset
+            preset = {k: v for k, v in preset.items() if k not in ("steps", "rampup_steps", "eval_every")}
         values = {k: (preset.get(k) if v is None and k in preset else v) for k, v in dataclasses.asdict(self).items()}
         cfg = TrainConfig(**values)
         if cfg.out is None:
@@ -160,6 +168,8 @@ class TrainConfig:
         Fields still None (to be taken from a preset) pass. Raises ConfigError, whose message names the field
         (`lambda_u must be >= 0, got -3`) and whose `field` attribute says which one.
         """
+        if self.steps is not None and self.minutes is not None:
+            raise ConfigError("minutes", "minutes and steps both set the length of a run: give one of them")
         for name, hint in field_types().items():
             value = getattr(self, name)
             if value is None:
@@ -217,6 +227,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_labels": (lambda v: v > 0, "positive"),
     "seed": (lambda v: v >= 0, ">= 0"),
     "steps": (lambda v: v > 0, "positive"),
+    "minutes": (lambda v: v > 0, "> 0"),
     "batch_size": (lambda v: v > 0, "positive"),
     "k": (lambda v: v > 0, "positive"),
     "temperature": (lambda v: v > 0, "> 0"),
@@ -261,7 +272,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 # SVHN with its 'extra' split as the unlabelled pool trains as SVHN does. Image folders take the settings of
 # CIFAR-10 (the paper's main benchmark, natural 32x32 images) and by default every labelled image.
 PRESETS["svhn-extra"] = PRESETS["svhn"]
-PRESETS["folder"] = dict(PRESETS["cifar10"], num_labels=None)
+# Image folders: the paper's CIFAR-10 settings, but no step count: the model suits the device and the steps
+# fit a time budget (--minutes; mixmatch.budget), since the paper's schedule is days on a CPU.
+PRESETS["folder"] = dict(PAPER, num_labels=None, arch=None, steps=None, rampup_steps=None, eval_every=None)
 
 
 def augmentation_of(dataset: str) -> tuple[int, bool]:

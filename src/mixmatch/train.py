@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -22,7 +23,9 @@ from torch import Tensor, nn
 from . import checkpoint as C
 from . import runfolder as R
 from .augment import Augmenter
-from .config import TrainConfig
+from .budget import complete, needs_budget
+from .budget import plan as plan_budget
+from .config import ConfigError, TrainConfig
 from .dataset import ImageDataset
 from .distributed import ProcessGroup
 from .distributed import stop as stop_process_group
@@ -80,8 +83,10 @@ class Trainer:
         augment: Callable[[Augmenter], Any] | None = None,
         optimizer: Callable[[list[nn.Parameter], TrainConfig], torch.optim.Optimizer] | None = None,
     ):
-        self.config = cfg = config.resolved()
+        self.config = cfg = complete(config.resolved())
         cfg.validate()
+        if needs_budget(cfg):
+            raise ConfigError("steps", "steps must be set (mixmatch.train.train fits them to a time budget)")
         if cfg.tensorboard:
             require_tensorboard()
         seed_everything(cfg.seed)
@@ -481,12 +486,20 @@ class Trainer:
 def train(config: TrainConfig, dataset: ImageDataset | None = None, resume: bool = False) -> dict[str, Any]:
     """Build a Trainer for `config` and run it to the end; returns the summary.
 
-    With `resume`, continue from the newest checkpoint in config.out instead of starting afresh.
+    With `resume`, continue from the newest checkpoint in config.out instead of starting afresh. A config
+    without steps (--dataset folder's preset) or with `minutes` is first fitted to its time budget
+    (mixmatch.budget), which prints what it picked.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(pick_threads(config.threads))
     trainer = None
     try:
+        if not resume and needs_budget(config.resolved()):
+            config = config.resolved().validate()
+            dataset = dataset if dataset is not None else load_for_config(config)
+            config, why = plan_budget(config, dataset)
+            if ProcessGroup.from_env().is_main:
+                print(f"mixmatch: {why}", file=sys.stderr)
         trainer = Trainer(config, dataset)
         if resume:
             trainer.resume()

@@ -1,0 +1,94 @@
+"""How long a run trains when a time budget decides: measure the step, pick the schedule, say why.
+
+`--dataset folder` has no step count of its own: the paper's 1,048,576 steps of WRN-28-2 are days on a
+CPU (6.5 on this project's fastest 2-core machine). Without --steps, a folder run (or any run given
+--minutes) takes the model that suits the device, times a few of its steps, and trains as many as fit:
+lambda_u ramps up over the first 40% (as the CPU presets of digits and Fashion-MNIST do) and the test
+split is evaluated 20 times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import torch
+
+from .config import ConfigError, TrainConfig
+from .dataset import ImageDataset
+from .runtime import pick_device
+
+# Minutes of training when --dataset folder is given neither --steps nor --minutes: a coffee on a CPU,
+# an hour on a GPU.
+DEFAULT_MINUTES = {"cpu": 10.0, "cuda": 60.0}
+# The small CNN on CPUs (WRN-28-2 takes about 1 to 4 s a step there, results/perf.md), WRN-28-2 on GPUs.
+DEFAULT_ARCH = {"cpu": "cnn", "cuda": "wrn28_2"}
+RAMPUP_SHARE = 0.4  # of the steps: the digits preset ramps over 2000 of 5000
+EVALUATIONS = 20  # per run: the paper's statistic is the median of the last 20
+SPARE = 0.85  # of the budget for steps; evaluation, start and compiling take the rest
+MIN_STEPS = 100
+
+
+def needs_budget(cfg: TrainConfig) -> bool:
+    """Whether a resolved config leaves its step count to a time budget (`minutes`, or no steps at all)."""
+    return cfg.steps is None or cfg.minutes is not None
+
+
+def complete(cfg: TrainConfig) -> TrainConfig:
+    """Fill what a preset leaves to the run (the folder preset): the model from the device, and, once the
+    steps are known, the ramp-up (RAMPUP_SHARE of them) and the evaluation interval (EVALUATIONS a run)."""
+    filled: dict[str, Any] = {}
+    if cfg.arch is None:
+        filled["arch"] = DEFAULT_ARCH.get(pick_device(cfg.device).type, "cnn")
+    if cfg.steps is not None and cfg.rampup_steps is None:
+        filled["rampup_steps"] = int(RAMPUP_SHARE * cfg.steps)
+    if cfg.steps is not None and cfg.eval_every is None:
+        filled["eval_every"] = max(1, cfg.steps // EVALUATIONS)
+    return dataclasses.replace(cfg, **filled) if filled else cfg
+
+
+def time_step(cfg: TrainConfig, data: ImageDataset, steps: int = 8) -> float:
+    """Seconds of one training step of `cfg` on `data`, the median of `steps` after two warm-up steps."""
+    from .train import Trainer
+
+    probe = dataclasses.replace(cfg, steps=1_000_000, minutes=None, compile="off", progress=False, ema_decay=0.0)
+    trainer = Trainer(probe, data)
+    for _ in range(2):
+        trainer.train_step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        trainer.train_step()
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize(trainer.device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def plan(cfg: TrainConfig, data: ImageDataset, seconds_per_step: float | None = None) -> tuple[TrainConfig, str]:
+    """The config with steps (and, where not given, arch, ramp-up and evaluation interval) from the budget.
+
+    cfg: resolved; its `minutes`, or DEFAULT_MINUTES for the device. Returns the config and one paragraph
+    that says what was picked and why, and how to train longer. Raises ConfigError where both steps and
+    minutes are given (TrainConfig.validate), or under torchrun (each process would measure its speed).
+    """
+    cfg.validate()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("steps", "steps must be given under torchrun (a time budget is measured per process)")
+    device = pick_device(cfg.device).type
+    minutes = cfg.minutes if cfg.minutes is not None else DEFAULT_MINUTES.get(device, DEFAULT_MINUTES["cpu"])
+    sized = complete(cfg)
+    if seconds_per_step is None:
+        seconds_per_step = time_step(sized, data)
+    steps = max(MIN_STEPS, int(SPARE * minutes * 60 / seconds_per_step) // 100 * 100)
+    planned = complete(dataclasses.replace(sized, steps=steps, minutes=None))
+    why = (
+        f"{cfg.dataset} on {device}: {'--minutes' if cfg.minutes is not None else 'no --steps given, so'} "
+        f"{minutes:g} minutes of training: model {planned.arch}, {seconds_per_step * 1000:.0f} ms a step "
+        "(measured), "
+        f"{steps} steps, lambda_u ramped up over {planned.rampup_steps} steps, {EVALUATIONS} evaluations. "
+        f"Train longer with --minutes {4 * minutes:g}, or set --steps."
+    )
+    return planned, why

@@ -1,0 +1,68 @@
+"""A time budget instead of a step count: the folder preset's schedule on a CPU, and --minutes."""
+
+import json
+
+import pytest
+
+from mixmatch import budget
+from mixmatch.cli import main
+from mixmatch.config import PRESETS, ConfigError, TrainConfig
+from mixmatch.loaders import load_dataset
+from mixmatch.train import Trainer
+from test_data_flags import image_folder
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "images"
+    image_folder(root, with_test=True)
+    return root
+
+
+def test_the_folder_preset_fits_ten_minutes_on_a_cpu_with_the_small_cnn(folder, monkeypatch):
+    assert PRESETS["folder"]["steps"] is None and PRESETS["folder"]["arch"] is None
+    cfg = TrainConfig(dataset="folder", data_dir=str(folder), image_size=16, device="cpu").resolved()
+    data = load_dataset("folder", str(folder), image_size=16)
+    monkeypatch.setattr(budget, "time_step", lambda cfg, data: 0.05)  # 50 ms a step, as measured
+    planned, why = budget.plan(cfg, data)
+    # 85% of 10 minutes at 50 ms a step, in hundreds: 10200 steps; ramp-up 40%; 20 evaluations.
+    assert (planned.steps, planned.arch, planned.rampup_steps, planned.eval_every) == (10200, "cnn", 4080, 510)
+    assert planned.minutes is None and not budget.needs_budget(planned)
+    assert "folder on cpu: no --steps given, so 10 minutes of training: model cnn, 50 ms a step" in why
+    assert "10200 steps" in why and "--minutes 40" in why
+
+
+def test_given_minutes_ramp_up_and_evaluation_interval_are_kept(folder):
+    cfg = TrainConfig(dataset="digits", minutes=1, rampup_steps=7, eval_every=9, device="cpu").resolved()
+    assert cfg.steps is None  # the budget decides, not the preset's 5000
+    assert budget.needs_budget(cfg)
+    planned, why = budget.plan(cfg, None, seconds_per_step=0.01)
+    assert (planned.steps, planned.arch, planned.rampup_steps, planned.eval_every) == (5100, "cnn", 7, 9)
+    assert why.startswith("digits on cpu: --minutes 1 minutes")
+    assert budget.plan(cfg, None, seconds_per_step=100.0)[0].steps == budget.MIN_STEPS
+
+
+def test_steps_and_minutes_together_and_a_trainer_without_steps_are_refused(tmp_path, digits):
+    with pytest.raises(ConfigError, match="minutes and steps both set the length of a run"):
+        budget.plan(TrainConfig(steps=10, minutes=1.0), None, seconds_per_step=0.1)
+    with pytest.raises(ConfigError, match="steps must be set"):
+        Trainer(TrainConfig(dataset="folder", out=str(tmp_path)), digits)
+
+
+def test_time_step_measures_a_real_step(digits):
+    seconds = budget.time_step(TrainConfig(device="cpu", amp="off").resolved(), digits, steps=2)
+    assert 0 < seconds < 5
+
+
+def test_a_folder_run_with_minutes_says_what_it_picked_and_records_the_steps(folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "folder", "--data-dir", str(folder), "--image-size", "16", "--minutes", "0.02"]
+    assert main([*args, "--batch-size", "8", "--amp", "off", "--no-progress", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "mixmatch: folder on cpu: --minutes 0.02 minutes of training: model cnn" in err
+    config = json.loads((out / "config.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    assert config["minutes"] is None and config["arch"] == "cnn" and config["steps"] == summary["steps"] >= 100
+    assert config["rampup_steps"] == int(0.4 * config["steps"]) and config["eval_every"] == config["steps"] // 20
