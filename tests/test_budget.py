@@ -40,7 +40,7 @@ def test_given_minutes_ramp_up_and_evaluation_interval_are_kept(folder):
     assert budget.needs_budget(cfg)
     planned, why = budget.plan(cfg, None, seconds_per_step=0.01)
     assert (planned.steps, planned.arch, planned.rampup_steps, planned.eval_every) == (5100, "cnn", 7, 9)
-    assert why.startswith("digits on cpu: --minutes 1 minutes")
+    assert why.startswith("digits on cpu: 1 minutes of training")
     assert budget.plan(cfg, None, seconds_per_step=100.0)[0].steps == budget.MIN_STEPS
 
 
@@ -61,7 +61,7 @@ def test_a_folder_run_with_minutes_says_what_it_picked_and_records_the_steps(fol
     args = ["train", "--dataset", "folder", "--data-dir", str(folder), "--image-size", "16", "--minutes", "0.02"]
     assert main([*args, "--batch-size", "8", "--amp", "off", "--no-progress", "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert "mixmatch: folder on cpu: --minutes 0.02 minutes of training: model cnn" in err
+    assert "mixmatch: folder on cpu: 0.02 minutes of training: model cnn" in err
     config = json.loads((out / "config.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
     assert config["minutes"] is None and config["arch"] == "cnn" and config["steps"] == summary["steps"] >= 100

@@ -85,7 +85,7 @@ def plan(cfg: TrainConfig, data: ImageDataset, seconds_per_step: float | None = 
     steps = max(MIN_STEPS, int(SPARE * minutes * 60 / seconds_per_step) // 100 * 100)
     planned = complete(dataclasses.replace(sized, steps=steps, minutes=None))
     why = (
-        f"{cfg.dataset} on {device}: {'--minutes' if cfg.minutes is not None else 'no --steps given, so'} "
+        f"{cfg.dataset} on {device}: {'' if cfg.minutes is not None else 'no --steps given, so '}"
         f"{minutes:g} minutes of training: model {planned.arch}, {seconds_per_step * 1000:.0f} ms a step "
         "(measured), "
         f"{steps} steps, lambda_u ramped up over {planned.rampup_steps} steps, {EVALUATIONS} evaluations. "
