@@ -65,7 +65,7 @@ def test_compile_is_automatic_only_for_long_runs():
 
 
 def test_a_failing_compiler_costs_speed_not_the_run(tmp_path, digits, monkeypatch):
-    def broken_compile(module):
+    def broken_compile(module, **options):
         def compiled(x):
             raise RuntimeError("InductorError: no C++ compiler")
 

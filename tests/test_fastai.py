@@ -275,9 +275,10 @@ def test_trainer_and_callback_give_the_same_loss_on_the_same_batch_and_draws(tmp
     same pool, the same Augmenter), so from the same RNG state both then guess, mix and forward alike.
     """
     settings = dict(k=2, temperature=0.5, alpha=0.75, lambda_u=75, rampup_steps=4, mix=mix, bn_mode=bn_mode)
-    cfg = TrainConfig(dataset="digits", arch="cnn", batch_size=16, amp="off", device="cpu", compile="off",
-                      ema_decay=0, distribution_alignment=alignment, progress=False, out=str(tmp_path / "run"),
-                      **settings)
+    # The callback's model keeps PyTorch's default memory format, so the Trainer's does too (the same kernels).
+    cfg = TrainConfig(dataset="digits", arch="cnn", batch_size=16, amp="off", channels_last="off", device="cpu",
+                      compile="off", ema_decay=0, distribution_alignment=alignment, progress=False,
+                      out=str(tmp_path / "run"), **settings)
     trainer = Trainer(cfg, digits)
     dls = image_dataloaders(digits, trainer.split, bs=16, iters_per_epoch=4, pad=1, flip=False, device="cpu")
     learn = mixmatch_learner(dls, trainer.unlabeled_x, arch="cnn", augment=trainer.augment, K=2, T=0.5,
