@@ -132,3 +132,23 @@ def test_demo_runs_on_a_folder_without_test_split(tmp_path, capsys):
     runs = json.loads((out / "runs.json").read_text())["runs"]
     assert [r["steps"] for r in runs] == [1, 1]  # fewer unlabelled images than one batch: still one step
     assert (out / "tsne.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_folder_without_test_split_says_what_it_held_out(tmp_path, caplog):
+    from mixmatch.config import TrainConfig
+    from mixmatch.splits import load_for_config
+
+    image_folder(tmp_path, with_test=False)
+    data = load_for_config(TrainConfig(dataset="folder", data_dir=str(tmp_path), image_size=8))
+    assert data.test_labels.numel() == 3
+    assert "folder has no test split, so 3 labelled images (10%) are held out as one" in caplog.text
+    assert "accuracy moves in steps of 33.3 points" in caplog.text
+    caplog.clear()
+    load_for_config(TrainConfig(dataset="folder", data_dir=str(tmp_path), image_size=8, val_fraction=0.2))
+    assert "held out" not in caplog.text  # asked for, so nothing to say
+
+
+def test_predict_with_a_training_checkpoint_says_to_export_first(tmp_path, cli_error):
+    checkpoint = tmp_path / "step-00000010.pt"
+    checkpoint.write_bytes(b"not read")
+    assert "is a training checkpoint; export its run first" in cli_error("predict", "--model", str(checkpoint), "x.png")

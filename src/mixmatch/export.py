@@ -57,6 +57,11 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         path = path / R.MODEL
     if not path.is_file():
         raise C.CheckpointError(f"model file {path} does not exist (write one with `mixmatch export RUN_DIR`)")
+    if path.suffix == ".pt":
+        raise C.CheckpointError(
+            f"{path} is a training checkpoint; export its run first: mixmatch export RUN_DIR (then --model "
+            "RUN_DIR/model.safetensors)"
+        )
     meta_path = R.model_meta_path(path)
     try:
         meta = json.loads(meta_path.read_text())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,8 @@ from .loaders import load_dataset
 
 if TYPE_CHECKING:
     from .config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def hold_out(data: ImageDataset, fraction: float) -> ImageDataset:
@@ -66,6 +69,13 @@ def load_for_config(cfg: TrainConfig) -> ImageDataset:
         fraction = 0.1 if data.test_labels.numel() == 0 else 0.0
     if fraction:
         data = hold_out(data, fraction)
+        if cfg.val_fraction is None:
+            n = data.test_labels.numel()
+            log.warning(
+                f"mixmatch: {cfg.dataset} has no test split, so {n} labelled images ({fraction:.0%}) are held out as "
+                f"one; --val-fraction sets the share"
+                + (f" (on {n} images, accuracy moves in steps of {100 / n:.1f} points)" if 0 < n < 100 else "")
+            )
     if data.test_labels.numel() == 0:
         raise DataError(f"{cfg.dataset} has no test images: give it a test split or a --val-fraction above 0")
     return data
