@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from step import default_adam, per_image  # bench/step.py: the reference path's augmentation and optimiser
+from step import default_adam, per_image, timed_steps  # bench/step.py: the reference path's parts, the timing
 from torch.utils.flop_counter import FlopCounterMode
 
 from mixmatch.config import TrainConfig
@@ -93,25 +93,16 @@ def step_gflop(trainer: Trainer) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def time_steps(trainer: Trainer, n: int) -> list[float]:
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        trainer.train_step()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def bench_model(model: str, args: argparse.Namespace, peaks: dict[str, float]) -> dict[str, Any]:
     trainers = {path: make_trainer(model, path) for path in PATHS}
     gflop = step_gflop(trainers["fp32"])
     for trainer in trainers.values():
-        time_steps(trainer, args.warmup)
+        timed_steps(trainer, args.warmup)
     steps = args.steps if model != "wrn28_2" else max(2, args.steps // 10)
     times: dict[str, list[float]] = {path: [] for path in trainers}
     for _ in range(args.rounds):
         for path, trainer in trainers.items():
-            times[path] += time_steps(trainer, max(1, steps // args.rounds))
+            times[path] += timed_steps(trainer, max(1, steps // args.rounds))
     result: dict[str, Any] = dict(gflop_per_step=gflop, paths={})
     reference = statistics.median(times["reference"])
     for path, t in times.items():
@@ -137,8 +128,8 @@ def busy(args: argparse.Namespace) -> dict[str, Any]:
     def median_ms(threads: int) -> float:
         torch.set_num_threads(threads)
         trainer = make_trainer("digits", "fp32")
-        time_steps(trainer, 10)
-        return 1000 * statistics.median(time_steps(trainer, max(args.steps, 60)))
+        timed_steps(trainer, 10)
+        return 1000 * statistics.median(timed_steps(trainer, max(args.steps, 60)))
 
     quiet = {"torch": median_ms(default_threads), "auto": median_ms(pick_threads(None))}
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])

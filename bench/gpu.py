@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from step import sync, synthetic_cifar, timed_steps  # bench/step.py: synthetic data and the timed step
 from torch.utils.flop_counter import FlopCounterMode
 
 from mixmatch.config import TrainConfig
@@ -39,11 +40,6 @@ from mixmatch.data import ImageDataset, load_dataset
 from mixmatch.train import Trainer, train
 
 PAPER_STEPS = 1 << 20
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def matmul_rate(device: torch.device, n: int, dtype: torch.dtype, repeats: int = 10) -> float:
@@ -58,14 +54,6 @@ def matmul_rate(device: torch.device, n: int, dtype: torch.dtype, repeats: int =
         a @ b
     sync(device)
     return 2 * n**3 * repeats / (time.perf_counter() - start)
-
-
-def synthetic_cifar(n: int, device: torch.device, seed: int = 0) -> ImageDataset:
-    """CIFAR-10-shaped uint8 data: the step's speed does not depend on the pixel values."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    labels = torch.arange(n) % 10
-    return ImageDataset("synthetic-cifar10", images, labels, images[:256], labels[:256], [str(i) for i in range(10)])
 
 
 PATHS = {
@@ -86,16 +74,6 @@ def make_trainer(path: str, args: argparse.Namespace, data: ImageDataset, device
     # Past the ramp-up, so that lambda_u is the same constant on every path.
     trainer.step = trainer.config.rampup_steps
     return trainer
-
-
-def run_steps(trainer: Trainer, n: int) -> list[float]:
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        trainer.train_step()
-        sync(trainer.device)
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def step_flops(trainer: Trainer) -> int:
@@ -119,7 +97,7 @@ def loss_agreement(args: argparse.Namespace, data: ImageDataset, device: torch.d
 
 
 def time_paths(args: argparse.Namespace, device: torch.device, peak: float, deadline: float) -> dict[str, Any]:
-    data = synthetic_cifar(4096 if not args.tiny else 256, device)
+    data = synthetic_cifar(4096 if not args.tiny else 256)
     paths = list(args.paths)
     flops = step_flops(make_trainer("eager", args, data, device))
     trainers, first, failed = {}, {}, {}
@@ -129,7 +107,7 @@ def time_paths(args: argparse.Namespace, device: torch.device, peak: float, dead
             continue
         try:
             trainers[name] = make_trainer(name, args, data, device)
-            first[name] = run_steps(trainers[name], args.warmup)[0]
+            first[name] = timed_steps(trainers[name], args.warmup)[0]
         except Exception as error:  # noqa: BLE001 (a path that fails to compile must not cost the others)
             failed[name] = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
             trainers.pop(name, None)
@@ -139,7 +117,7 @@ def time_paths(args: argparse.Namespace, device: torch.device, peak: float, dead
     per_round = max(1, args.steps // args.rounds)
     for _ in range(args.rounds):
         for name, trainer in trainers.items():
-            times[name] += run_steps(trainer, per_round)
+            times[name] += timed_steps(trainer, per_round)
     images = args.batch * (1 + args.k)
     result: dict[str, Any] = dict(flops_per_step=flops, images_per_step=images, paths={}, failed=failed)
     for name, why in failed.items():
