@@ -180,3 +180,13 @@ def test_median_of_last_is_the_papers_median_of_the_last_20_evaluations():
     assert median_of_last([float(i) for i in range(30)]) == 19.5  # of 10 ... 29
     assert median_of_last([0.5, 0.7]) == 0.6
     assert math.isnan(median_of_last([]))
+
+
+def test_resuming_a_finished_run_says_so_and_evaluates_it_again(tmp_path, digits, caplog):
+    from mixmatch.train import train
+
+    cfg = TrainConfig(steps=4, eval_every=4, progress=False, out=str(tmp_path / "run"), amp="off")
+    first = train(cfg, digits)
+    again = train(cfg, digits, resume=True)
+    assert "had already finished its 4 steps; evaluated it again" in caplog.text
+    assert again["steps"] == 4 and again["test_accuracy"] == first["test_accuracy"]

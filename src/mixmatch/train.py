@@ -7,6 +7,7 @@ fully-supervised  the same on every training label
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import sys
@@ -47,6 +48,8 @@ from .runtime import (
 )
 from .splits import choose_split, load_for_config, save_split
 from .step import MixMatchStep, class_marginal
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -399,7 +402,8 @@ class Trainer:
         bar = tqdm(
             total=cfg.steps,
             initial=self.step,
-            disable=not (cfg.progress and main),
+            # None: tqdm's own test, no bar where stderr is not a terminal (a redirected log keeps its lines).
+            disable=True if not (cfg.progress and main) else None,
             desc=f"{cfg.method} {cfg.dataset}",
             leave=False,
         )
@@ -433,6 +437,8 @@ class Trainer:
             bar.close()
             metrics.close()
         if math.isnan(accuracy):  # resumed a run that had already finished
+            if main:
+                log.warning(f"mixmatch: {out} had already finished its {cfg.steps} steps; evaluated it again")
             accuracy = self.evaluate()
         summary = dict(
             dataset=cfg.dataset,
