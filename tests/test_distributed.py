@@ -86,3 +86,16 @@ def test_weights_batchnorm_statistics_and_ema_stay_identical_on_every_process(tm
 def test_sync_bn_is_refused_on_cpu(tmp_path):
     with pytest.raises(ValueError, match="--sync-bn needs CUDA"):
         Trainer(TrainConfig(device="cpu", sync_bn=True, out=str(tmp_path / "run")))
+
+
+@pytest.mark.parametrize(("group", "expected"), [((0, 1, 0), "cuda:3"), ((1, 2, 1), "cuda:1")])
+def test_plain_cuda_becomes_an_indexed_device_before_set_device(monkeypatch, group, expected):
+    """torch.cuda.set_device refuses `cuda` without an index (the first GPU check crashed on it)."""
+    from mixmatch.distributed import ProcessGroup
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: chosen.append(device))
+    device = ProcessGroup(*group).device(torch.device("cuda"))
+    assert str(device) == expected and chosen == [device] and chosen[0].index is not None
+    assert ProcessGroup(0, 1, 0).device(torch.device("cpu")) == torch.device("cpu")
