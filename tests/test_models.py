@@ -34,3 +34,12 @@ def test_small_cnn_fits_image_sizes(channels, size):
 def test_unknown_architecture():
     with pytest.raises(ValueError, match="unknown architecture 'resnet9'"):
         build_model("resnet9", 10, 3, 32)
+
+
+@pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 32)])
+def test_wrn10_1_is_the_same_design_at_a_cpus_scale(channels, size):
+    model = build_model("wrn10_1", 10, channels, size)
+    assert model(torch.randn(2, channels, size, size)).shape == (2, 10)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs) == 7  # stem + 3 stages x 1 unit x 2 convs; with the linear head: 8 weight layers, WRN-10
+    assert sorted({m.out_channels for m in convs}) == [16, 32, 64]

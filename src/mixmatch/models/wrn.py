@@ -75,4 +75,10 @@ def wrn28_2(num_classes: int = 10, in_channels: int = 3) -> WideResNet:
     return WideResNet(num_classes, in_channels, filters=32, scales=3, repeat=4)
 
 
-__all__ = ["WideResNet", "wrn28_2"]
+def wrn10_1(num_classes: int = 10, in_channels: int = 3) -> WideResNet:
+    """WRN-10-1 (3 stages x 1 unit x 2 convs + stem + head, widths 16-32-64): the same design at a CPU's scale,
+    about 1/25 of WRN-28-2's arithmetic per image."""
+    return WideResNet(num_classes, in_channels, filters=16, scales=3, repeat=1)
+
+
+__all__ = ["WideResNet", "wrn10_1", "wrn28_2"]
