@@ -10,7 +10,6 @@ split is evaluated 20 times.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 
 from .config import ConfigError, TrainConfig
 from .dataset import ImageDataset
+from .distributed import ProcessGroup
 from .runtime import pick_device
 
 # Minutes of training when --dataset folder is given neither --steps nor --minutes: a coffee on a CPU,
@@ -75,7 +75,7 @@ def plan(cfg: TrainConfig, data: ImageDataset, seconds_per_step: float | None = 
     minutes are given (TrainConfig.validate), or under torchrun (each process would measure its speed).
     """
     cfg.validate()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if ProcessGroup.from_env().enabled:
         raise ConfigError("steps", "steps must be given under torchrun (a time budget is measured per process)")
     device = pick_device(cfg.device).type
     minutes = cfg.minutes if cfg.minutes is not None else DEFAULT_MINUTES.get(device, DEFAULT_MINUTES["cpu"])

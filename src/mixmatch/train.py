@@ -500,12 +500,12 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None, resume: bool
     torch.set_num_threads(pick_threads(config.threads))
     trainer = None
     try:
-        if not resume and needs_budget(config.resolved()):
-            config = config.resolved().validate()
-            dataset = dataset if dataset is not None else load_for_config(config)
-            config, why = plan_budget(config, dataset)
-            if ProcessGroup.from_env().is_main:
-                print(f"mixmatch: {why}", file=sys.stderr)
+        resolved = config.resolved()
+        if not resume and needs_budget(resolved):
+            dataset = dataset if dataset is not None else load_for_config(resolved.validate())
+            # plan refuses torchrun, so this is the only process and prints.
+            config, why = plan_budget(resolved, dataset)
+            print(f"mixmatch: {why}", file=sys.stderr)
         trainer = Trainer(config, dataset)
         if resume:
             trainer.resume()
