@@ -109,6 +109,9 @@ def test_evaluate_folder_problems_are_one_line(tmp_path, capsys, cli_error):
         (["train", "--keep-checkpoints", "0"], "--keep-checkpoints must be >= 1, got 0"),
         (["train", "--num-labels", "0"], "--num-labels must be positive, got 0"),
         (["train", "--lr", "inf"], "--lr must be a finite number, got inf"),
+        (["train", "--minutes", "0"], "--minutes must be > 0, got 0"),
+        (["train", "--threads", "0"], "--threads must be >= 1, got 0"),
+        (["train", "--steps", "10", "--minutes", "1"], "--minutes (a time budget) and a step count both set"),
         # before anything loads: the data set is missing, yet the range is what the line names
         (["train", "--dataset", "cifar10", "--data-dir", "/no/such", "--ema-decay", "1"], "--ema-decay must be in"),
         (["compare", "--seeds", "0", "-1"], "--seeds must be >= 0, got -1"),

@@ -169,7 +169,9 @@ class TrainConfig:
         (`lambda_u must be >= 0, got -3`) and whose `field` attribute says which one.
         """
         if self.steps is not None and self.minutes is not None:
-            raise ConfigError("minutes", "minutes and steps both set the length of a run: give one of them")
+            raise ConfigError(
+                "minutes", "minutes (a time budget) and a step count both set the length of a run: give one of them"
+            )
         for name, hint in field_types().items():
             value = getattr(self, name)
             if value is None:
