@@ -7,7 +7,7 @@ unlabelled training images whose true labels the benchmark data sets know. Write
 check: guess accuracy, mean confidence and how many images each class is guessed for.
 
     python examples/guess_diagnostics.py --dataset fashion-mnist --data-dir ../shared/data \
-        --out results/guesses-fashion-mnist
+        --out results/guesses-fashion-mnist [any flag of mixmatch train]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from mixmatch.config import TrainConfig
+from mixmatch.cli import add_config_flags, config_from_args
 from mixmatch.train import Trainer
 
 
@@ -34,17 +34,14 @@ def guess_record(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="fashion-mnist")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    add_config_flags(parser, skip=("out", "method"))  # every flag of `mixmatch train`
     parser.add_argument("--every", type=int, default=250)
     parser.add_argument("--sample", type=int, default=2048, help="unlabelled images whose guesses are checked")
     parser.add_argument("--out", default="runs/guesses")
     args = parser.parse_args()
 
     out = Path(args.out)
-    cfg = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, out=str(out / "run"),
-                      progress=False, checkpoint_every=0).resolved()
+    cfg = config_from_args(args, out=str(out / "run"), progress=False, checkpoint_every=0).resolved()
     trainer = Trainer(cfg)
     pool_labels = trainer.data.train_labels.to(trainer.device)  # the pool is the training images
     sample = torch.randperm(len(pool_labels), generator=torch.Generator().manual_seed(0))[: args.sample]

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from mixmatch import budget
 from mixmatch.cli import main
@@ -21,17 +22,27 @@ def folder(tmp_path):
     return root
 
 
-def test_the_folder_preset_fits_ten_minutes_on_a_cpu_with_the_small_cnn(folder, monkeypatch):
+def test_the_folder_preset_fits_ten_minutes_on_a_cpu_with_the_cpu_scale_settings(folder, monkeypatch):
     assert PRESETS["folder"]["steps"] is None and PRESETS["folder"]["arch"] is None
     cfg = TrainConfig(dataset="folder", data_dir=str(folder), image_size=16, device="cpu").resolved()
     data = load_dataset("folder", str(folder), image_size=16)
     monkeypatch.setattr(budget, "time_step", lambda cfg, data: 0.05)  # 50 ms a step, as measured
     planned, why = budget.plan(cfg, data)
     # 85% of 10 minutes at 50 ms a step, in hundreds: 10200 steps; ramp-up 40%; 20 evaluations.
-    assert (planned.steps, planned.arch, planned.rampup_steps, planned.eval_every) == (10200, "cnn", 4080, 510)
+    assert (planned.steps, planned.arch, planned.rampup_steps, planned.eval_every) == (10200, "wrn10_1", 4080, 510)
+    assert (planned.schedule, planned.lambda_u, planned.distribution_alignment) == ("cosine", 150, True)
     assert planned.minutes is None and not budget.needs_budget(planned)
-    assert "folder on cpu: no --steps given, so 10 minutes of training: model cnn, 50 ms a step" in why
+    assert "folder on cpu: no --steps given, so 10 minutes of training: model wrn10_1, 50 ms a step" in why
     assert "10200 steps" in why and "--minutes 40" in why
+    assert "cosine learning rate, distribution alignment on" in why
+
+
+def test_on_a_gpu_the_folder_preset_takes_the_papers_model_and_settings(monkeypatch):
+    monkeypatch.setattr(budget, "pick_device", lambda name: torch.device("cuda"))
+    cfg = budget.complete(TrainConfig(dataset="folder").resolved())
+    assert (cfg.arch, cfg.schedule, cfg.lambda_u, cfg.distribution_alignment) == ("wrn28_2", "constant", 75, False)
+    mine = budget.complete(TrainConfig(dataset="folder", arch="cnn", distribution_alignment=True).resolved())
+    assert (mine.arch, mine.schedule, mine.distribution_alignment) == ("cnn", "constant", True)
 
 
 def test_given_minutes_ramp_up_and_evaluation_interval_are_kept(folder):
@@ -61,8 +72,8 @@ def test_a_folder_run_with_minutes_says_what_it_picked_and_records_the_steps(fol
     args = ["train", "--dataset", "folder", "--data-dir", str(folder), "--image-size", "16", "--minutes", "0.02"]
     assert main([*args, "--batch-size", "8", "--amp", "off", "--no-progress", "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert "mixmatch: folder on cpu: 0.02 minutes of training: model cnn" in err
+    assert "mixmatch: folder on cpu: 0.02 minutes of training: model wrn10_1" in err
     config = json.loads((out / "config.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
-    assert config["minutes"] is None and config["arch"] == "cnn" and config["steps"] == summary["steps"] >= 100
+    assert config["minutes"] is None and config["arch"] == "wrn10_1" and config["steps"] == summary["steps"] >= 100
     assert config["rampup_steps"] == int(0.4 * config["steps"]) and config["eval_every"] == config["steps"] // 20

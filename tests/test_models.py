@@ -43,3 +43,5 @@ def test_wrn10_1_is_the_same_design_at_a_cpus_scale(channels, size):
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
     assert len(convs) == 7  # stem + 3 stages x 1 unit x 2 convs; with the linear head: 8 weight layers, WRN-10
     assert sorted({m.out_channels for m in convs}) == [16, 32, 64]
+    # Runs of thousands of steps: BatchNorm statistics over ~100 steps, not WRN-28-2's ~1000 (models/wrn.py).
+    assert {m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)} == {0.01}

@@ -190,3 +190,21 @@ def test_resuming_a_finished_run_says_so_and_evaluates_it_again(tmp_path, digits
     again = train(cfg, digits, resume=True)
     assert "had already finished its 4 steps; evaluated it again" in caplog.text
     assert again["steps"] == 4 and again["test_accuracy"] == first["test_accuracy"]
+
+
+def test_the_cosine_schedule_is_fixmatchs_and_resumes(tmp_path, digits):
+    """lr_k = lr cos(7 pi k / (16 K)) after k of K steps (FixMatch, arXiv:2001.07685), also across a resume."""
+    cfg = config(tmp_path, steps=4, schedule="cosine", lr=0.002, checkpoint_every=2)
+    trainer = Trainer(cfg, digits)
+    lrs = []
+    for _ in range(2):
+        trainer.train_step()
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+    trainer.save_checkpoint()
+    resumed = Trainer(cfg, digits)
+    resumed.resume()
+    for _ in range(2):
+        resumed.train_step()
+        lrs.append(resumed.optimizer.param_groups[0]["lr"])
+    assert lrs == pytest.approx([0.002 * math.cos(7 * math.pi * k / 64) for k in range(1, 5)], rel=1e-12)
+    assert lrs[-1] == pytest.approx(0.002 * 0.19509, rel=1e-4)  # a fifth of the lr at the end, not zero

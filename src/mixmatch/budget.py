@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, TrainConfig
+from .config import CPU_SCALE, PAPER, ConfigError, TrainConfig
 from .dataset import ImageDataset
 from .distributed import ProcessGroup
 from .runtime import pick_device
@@ -23,8 +23,14 @@ from .runtime import pick_device
 # Minutes of training when --dataset folder is given neither --steps nor --minutes: a coffee on a CPU,
 # an hour on a GPU.
 DEFAULT_MINUTES = {"cpu": 10.0, "cuda": 60.0}
-# The small CNN on CPUs (WRN-28-2 takes about 1 to 4 s a step there, results/perf.md), WRN-28-2 on GPUs.
-DEFAULT_ARCH = {"cpu": "cnn", "cuda": "wrn28_2"}
+# What the folder preset leaves to the device: on CPUs the CPU-scale settings tuned on Fashion-MNIST
+# (WRN-10-1, cosine learning rate, lambda_u and distribution alignment of config.CPU_SCALE; WRN-28-2 takes
+# about 1 to 4 s a step there, results/perf.md), on GPUs the paper's.
+DEVICE_FIELDS = ("arch", "schedule", "lambda_u", "distribution_alignment")
+DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cpu": {name: CPU_SCALE[name] for name in DEVICE_FIELDS},
+    "cuda": {name: PAPER[name] for name in DEVICE_FIELDS},
+}
 RAMPUP_SHARE = 0.4  # of the steps: the digits preset ramps over 2000 of 5000
 EVALUATIONS = 20  # per run: the paper's statistic is the median of the last 20
 SPARE = 0.85  # of the budget for steps; evaluation, start and compiling take the rest
@@ -37,11 +43,14 @@ def needs_budget(cfg: TrainConfig) -> bool:
 
 
 def complete(cfg: TrainConfig) -> TrainConfig:
-    """Fill what a preset leaves to the run (the folder preset): the model from the device, and, once the
-    steps are known, the ramp-up (RAMPUP_SHARE of them) and the evaluation interval (EVALUATIONS a run)."""
+    """Fill what a preset leaves to the run (the folder preset): the model, learning-rate schedule and remedy
+    from the device (DEVICE_DEFAULTS), and, once the steps are known, the ramp-up (RAMPUP_SHARE of them) and
+    the evaluation interval (EVALUATIONS a run)."""
     filled: dict[str, Any] = {}
-    if cfg.arch is None:
-        filled["arch"] = DEFAULT_ARCH.get(pick_device(cfg.device).type, "cnn")
+    unset = [name for name in DEVICE_FIELDS if getattr(cfg, name) is None]
+    if unset:
+        defaults = DEVICE_DEFAULTS.get(pick_device(cfg.device).type, DEVICE_DEFAULTS["cpu"])
+        filled.update({name: defaults[name] for name in unset})
     if cfg.steps is not None and cfg.rampup_steps is None:
         filled["rampup_steps"] = int(RAMPUP_SHARE * cfg.steps)
     if cfg.steps is not None and cfg.eval_every is None:
@@ -88,7 +97,9 @@ def plan(cfg: TrainConfig, data: ImageDataset, seconds_per_step: float | None = 
         f"{cfg.dataset} on {device}: {'' if cfg.minutes is not None else 'no --steps given, so '}"
         f"{minutes:g} minutes of training: model {planned.arch}, {seconds_per_step * 1000:.0f} ms a step "
         "(measured), "
-        f"{steps} steps, lambda_u ramped up over {planned.rampup_steps} steps, {EVALUATIONS} evaluations. "
+        f"{steps} steps, lambda_u {planned.lambda_u:g} ramped up over {planned.rampup_steps} steps, "
+        f"{planned.schedule} learning rate, "
+        f"distribution alignment {'on' if planned.distribution_alignment else 'off'}, {EVALUATIONS} evaluations. "
         f"Train longer with --minutes {4 * minutes:g}, or set --steps."
     )
     return planned, why

@@ -125,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="Markdown table and PNG curves of finished run folders")
     report.add_argument("runs", nargs="+", help="run folders")
     report.add_argument("--out", default=None, help="write results.md, results.json and curves.png here")
-    report.add_argument("--by", default="method", help="the config field that groups runs: method, tag, ...")
+    report.add_argument(
+        "--by", default="method", help="the config field that groups runs (method, tag, ...), or run: a row per run"
+    )
     report.set_defaults(func=run_report)
 
     add_model_commands(commands)
@@ -226,7 +228,8 @@ def run_grid(configs: list[TrainConfig], out: Path, key: str) -> str:
         slowest = next((cfg for cfg in configs if cfg.method == "mixmatch"), configs[0])
         planned, why = plan(slowest, load_for_config(slowest))
         print(f"mixmatch: {why} Every run of this grid trains as many steps.", file=sys.stderr)
-        fixed = {name: getattr(planned, name) for name in ("steps", "arch", "rampup_steps", "eval_every", "minutes")}
+        chosen = ("steps", "arch", "rampup_steps", "eval_every", "minutes", "schedule", "distribution_alignment")
+        fixed = {name: getattr(planned, name) for name in chosen}
         configs = [dataclasses.replace(cfg, **fixed) for cfg in configs]
     for cfg in configs:
         summary = train(cfg)
@@ -241,8 +244,9 @@ def run_grid(configs: list[TrainConfig], out: Path, key: str) -> str:
 def run_compare(args: argparse.Namespace) -> None:
     base = config_from_args(args, out=None).resolved()
     out = Path(args.out or f"runs/compare-{base.dataset}-{base.num_labels or 'all'}")
+    tag = f"-{base.tag}" if base.tag else ""  # a variant's runs sit beside the untagged ones in one folder
     configs = [
-        config_from_args(args, method=method, seed=seed, out=str(out / f"{method}-seed{seed}"))
+        config_from_args(args, method=method, seed=seed, out=str(out / f"{method}{tag}-seed{seed}"))
         for seed in args.seeds
         for method in args.methods
     ]
@@ -319,13 +323,19 @@ def run_demo(args: argparse.Namespace) -> None:
 
 
 def run_data_list(args: argparse.Namespace) -> None:
+    from .budget import DEVICE_DEFAULTS
+
+    cpu, gpu = DEVICE_DEFAULTS["cpu"], DEVICE_DEFAULTS["cuda"]
     for name, preset in PRESETS.items():
         if name != "default":
-            model = preset["arch"] or "cnn on a CPU, wrn28_2 on a GPU"
+            model = preset["arch"] or f"{cpu['arch']} on a CPU, {gpu['arch']} on a GPU"
             steps = f"{preset['steps']} steps" if preset["steps"] else "as many steps as fit --minutes"
+            lambda_u = preset["lambda_u"] or f"{cpu['lambda_u']} on a CPU, {gpu['lambda_u']} on a GPU"
+            schedule = preset["schedule"] or "cosine on a CPU, constant on a GPU"
+            aligned = {True: ", distribution alignment", False: "", None: ", distribution alignment on a CPU"}
             print(
-                f"{name:>14}  model {model}, {preset['num_labels'] or 'all'} labels, "
-                f"{steps}, alpha {preset['alpha']}, lambda_u {preset['lambda_u']}"
+                f"{name:>14}  model {model}, {preset['num_labels'] or 'all'} labels, {steps}, {schedule} lr, "
+                f"alpha {preset['alpha']}, lambda_u {lambda_u}{aligned[preset['distribution_alignment']]}"
             )
 
 

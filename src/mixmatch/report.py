@@ -38,11 +38,24 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     )
 
 
+def group_name(run: dict[str, Any], key: str) -> str:
+    """The row a run belongs to in a table grouped by `key`: a config field, or "run" (the run folder's name,
+    one row per run). Grouped by method, a tagged run is its own row, "method (tag)"."""
+    if key == "run":
+        return Path(run["dir"]).name
+    config = run["config"]
+    tag = config.get("tag")
+    return f"{config[key]} ({tag})" if key == "method" and tag else str(config[key])
+
+
 def aggregate(runs: list[dict[str, Any]], key: str = "method") -> list[dict[str, Any]]:
-    """Group runs by config[key] (and labels) and give mean/std of accuracy and wall time over seeds."""
+    """Group runs by config[key] (and labels) and give mean/std of accuracy and wall time over seeds.
+
+    Grouped by method, a run with a tag is its own row, "method (tag)": a variant beside the same baselines.
+    """
     groups: dict[tuple[Any, Any], list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
-        groups[(run["config"][key], run["summary"]["num_labels"])].append(run)
+        groups[(group_name(run, key), run["summary"]["num_labels"])].append(run)
     rows = []
     for (name, labels), members in groups.items():
         acc = [m["summary"]["test_accuracy"] for m in members]
@@ -61,27 +74,56 @@ def aggregate(runs: list[dict[str, Any]], key: str = "method") -> list[dict[str,
                 median_std=statistics.stdev(median) if len(median) > 1 else 0.0,
                 wall_seconds_mean=statistics.fmean(wall),
                 steps=members[0]["summary"]["steps"],
+                methods={m["config"]["method"] for m in members},
             )
         )
-    return rows
+    return _gap_closed(rows)
+
+
+def _gap_closed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where the table holds one labelled-only and one fully supervised row, every other row gets
+    `gap_closed`, (mean acc - mean labelled-only) / (mean fully supervised - mean labelled-only): the share
+    of what all the labels would add that the unlabelled images gave; and `above_baseline_every_seed`,
+    whether each run beat the labelled-only run of its seed."""
+    plain = [{k: v for k, v in r.items() if k != "methods"} for r in rows]
+    found = {m: [r for r in rows if r["methods"] == {m}] for m in ("supervised", "fully-supervised")}
+    if any(len(f) != 1 for f in found.values()):
+        return plain
+    sup, full = found["supervised"][0], found["fully-supervised"][0]
+    by_seed = dict(zip(sup["seeds"], sup["accuracies"], strict=True))
+    for row, source in zip(plain, rows, strict=True):
+        if source is sup or source is full:
+            continue
+        row["gap_closed"] = (row["accuracy_mean"] - sup["accuracy_mean"]) / (
+            full["accuracy_mean"] - sup["accuracy_mean"]
+        )
+        row["above_baseline_every_seed"] = all(
+            a > by_seed[s] for s, a in zip(row["seeds"], row["accuracies"], strict=True) if s in by_seed
+        )
+    return plain
 
 
 def markdown_table(rows: list[dict[str, Any]], key: str = "method") -> str:
     """One row per aggregate() row: mean ± std over seeds of the final test accuracy, of the median of the
-    last 20 evaluations (the paper's statistic), the final error, steps and wall time."""
+    last 20 evaluations (the paper's statistic), the final error, steps and wall time; where the runs hold
+    both baselines, the share of the gap between their means that each other row's mean closed."""
+    gap = any("gap_closed" in r for r in rows)
     lines = [
         f"| {key} | labels | runs | test accuracy (%) | median of last {MEDIAN_OF_LAST} (%) | error (%) | steps "
-        "| wall time (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| wall time (s) |" + (" gap closed (%) |" if gap else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if gap else ""),
     ]
     for r in rows:
         spread = f" ± {100 * r['accuracy_std']:.2f}" if r["runs"] > 1 else ""
         median_spread = f" ± {100 * r['median_std']:.2f}" if r["runs"] > 1 else ""
-        lines.append(
+        line = (
             f"| {r['name']} | {r['num_labels']} | {r['runs']} | {100 * r['accuracy_mean']:.2f}{spread} | "
             f"{100 * r['median_mean']:.2f}{median_spread} | {100 * (1 - r['accuracy_mean']):.2f} | {r['steps']} | "
             f"{r['wall_seconds_mean']:.1f} |"
         )
+        if gap:
+            line += f" {100 * r['gap_closed']:.0f} |" if "gap_closed" in r else " |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -92,12 +134,12 @@ def plot_curves(runs: list[dict[str, Any]], path: str | Path, key: str = "method
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(dict.fromkeys(run["config"][key] for run in runs))
+    names = list(dict.fromkeys(group_name(run, key) for run in runs))
     colours = {name: f"C{i}" for i, name in enumerate(names)}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     labelled: set[str] = set()
     for run in runs:
-        name = run["config"][key]
+        name = group_name(run, key)
         style = dict(color=colours[name], alpha=0.85, label=None if name in labelled else name)
         labelled.add(name)
         axes[0].plot([r["step"] for r in run["eval"]], [100 * r["test_accuracy"] for r in run["eval"]], **style)

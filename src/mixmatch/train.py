@@ -69,6 +69,13 @@ def decayed_parameters(model: nn.Module) -> list[Tensor]:
     return [m.weight for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
 
 
+def cosine_factor(steps: int) -> Callable[[int], float]:
+    """lr multiplier at step k: cos(7 pi k / (16 steps)), from 1 down to 0.2 at the end (FixMatch, Sohn et al.
+    2020, arXiv:2001.07685 section 2.3 / appendix B.1): the late steps take small moves, so the weights settle
+    where they are instead of drifting after guesses that have started to agree with themselves."""
+    return lambda k: math.cos(7 * math.pi * min(k, steps) / (16 * steps))
+
+
 class Trainer:
     """Holds everything that changes during a run; `fit()` runs it and writes the run folder.
 
@@ -172,11 +179,11 @@ class Trainer:
             self.optimizer = torch.optim.SGD(
                 self.model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, fused=fused
             )
-        self.scheduler = (
-            torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=cfg.lr, total_steps=cfg.steps)
-            if cfg.schedule == "onecycle"
-            else None
-        )
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        if cfg.schedule == "onecycle":
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=cfg.lr, total_steps=cfg.steps)
+        elif cfg.schedule == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_factor(cfg.steps))
         self.decayed = decayed_parameters(self.model)
 
     def _setup_progress(self) -> None:

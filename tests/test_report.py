@@ -1,0 +1,49 @@
+"""Tables from run records: the share of the labelled-only to fully supervised gap that a method closes."""
+
+import pytest
+
+from mixmatch.report import aggregate, markdown_table
+
+
+def run(method, seed, accuracy, tag=None, labels=100):
+    return dict(
+        dir=f"runs/{method}-{tag}-seed{seed}",
+        config=dict(method=method, tag=tag),
+        summary=dict(
+            num_labels=labels,
+            seed=seed,
+            test_accuracy=accuracy,
+            median_test_accuracy_last_20=accuracy,
+            wall_seconds=1.0,
+            steps=10,
+        ),
+    )
+
+
+def test_gap_closed_is_the_issue_trackers_ratio_of_means_and_tagged_variants_are_rows():
+    runs = [
+        *(run("supervised", s, a) for s, a in enumerate([0.70, 0.72, 0.68])),
+        *(run("fully-supervised", s, a, labels=60000) for s, a in enumerate([0.90, 0.92, 0.88])),
+        *(run("mixmatch", s, a) for s, a in enumerate([0.85, 0.86, 0.84])),
+        *(run("mixmatch", s, a, tag="plain") for s, a in enumerate([0.80, 0.71, 0.78])),
+    ]
+    rows = {r["name"]: r for r in aggregate(runs)}
+    assert set(rows) == {"supervised", "fully-supervised", "mixmatch", "mixmatch (plain)"}
+    assert rows["mixmatch"]["gap_closed"] == pytest.approx((0.85 - 0.70) / (0.90 - 0.70))
+    assert rows["mixmatch (plain)"]["gap_closed"] == pytest.approx((0.7633333 - 0.70) / 0.20, rel=1e-6)
+    assert rows["mixmatch"]["above_baseline_every_seed"]
+    assert not rows["mixmatch (plain)"]["above_baseline_every_seed"]  # 0.71 against seed 1's 0.72
+    assert "gap_closed" not in rows["supervised"] and "gap_closed" not in rows["fully-supervised"]
+    table = markdown_table(aggregate(runs)).splitlines()
+    assert table[0].endswith("| gap closed (%) |")
+    assert next(line for line in table if line.startswith("| mixmatch |")).endswith("| 75 |")
+    assert next(line for line in table if line.startswith("| supervised |")).endswith("| |")
+
+
+def test_without_both_baselines_there_is_no_gap_column():
+    runs = [run("supervised", 0, 0.7), run("mixmatch", 0, 0.8)]
+    assert "gap_closed" not in aggregate(runs)[1]
+    assert "gap closed" not in markdown_table(aggregate(runs))
+    by_tag = [run("mixmatch", 0, 0.8, tag="a"), run("mixmatch", 0, 0.7, tag="b")]
+    assert [r["name"] for r in aggregate(by_tag, key="tag")] == ["a", "b"]
+    assert [r["name"] for r in aggregate(by_tag, key="run")] == ["mixmatch-a-seed0", "mixmatch-b-seed0"]
