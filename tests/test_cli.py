@@ -161,3 +161,15 @@ def test_help_shows_each_default_once_in_the_groups(command, monkeypatch):
     if command == "evaluate":
         assert "--image-size IMAGE_SIZE --dataset folder: images are scaled" in text
         assert text.count("(default: the model's)") == 2
+
+
+def test_a_bad_flag_or_choice_is_one_line_not_the_usage_block(capsys):
+    for argv in (["train", "--schedule", "bogus"], ["trian"], ["train", "--steps", "ten"]):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("mixmatch: error: "), err
+    with pytest.raises(SystemExit):
+        main(["train", "--schedule", "bogus"])
+    assert "invalid choice: 'bogus' (choose from 'constant', 'cosine', 'onecycle')" in capsys.readouterr().err

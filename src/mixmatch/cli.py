@@ -14,6 +14,7 @@ import json
 import os
 import re
 import sys
+import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -91,8 +92,16 @@ def config_from_args(args: argparse.Namespace, **overrides: object) -> TrainConf
     return TrainConfig(**values).validate()
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag ends in one line (`mixmatch: error: ...`, status 2) instead of the usage block,
+    like every other bad input; `--help` still shows the usage."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"mixmatch: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mixmatch", description="MixMatch semi-supervised image classification")
+    parser = OneLineParser(prog="mixmatch", description="MixMatch semi-supervised image classification")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train one model and write a run folder")
@@ -331,7 +340,7 @@ def run_data_list(args: argparse.Namespace) -> None:
             model = preset["arch"] or f"{cpu['arch']} on a CPU, {gpu['arch']} on a GPU"
             steps = f"{preset['steps']} steps" if preset["steps"] else "as many steps as fit --minutes"
             lambda_u = preset["lambda_u"] or f"{cpu['lambda_u']} on a CPU, {gpu['lambda_u']} on a GPU"
-            schedule = preset["schedule"] or "cosine on a CPU, constant on a GPU"
+            schedule = preset["schedule"] or "cosine (CPU) or constant (GPU)"
             aligned = {True: ", distribution alignment", False: "", None: ", distribution alignment on a CPU"}
             print(
                 f"{name:>14}  model {model}, {preset['num_labels'] or 'all'} labels, {steps}, {schedule} lr, "
