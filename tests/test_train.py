@@ -208,3 +208,12 @@ def test_the_cosine_schedule_is_fixmatchs_and_resumes(tmp_path, digits):
         lrs.append(resumed.optimizer.param_groups[0]["lr"])
     assert lrs == pytest.approx([0.002 * math.cos(7 * math.pi * k / 64) for k in range(1, 5)], rel=1e-12)
     assert lrs[-1] == pytest.approx(0.002 * 0.19509, rel=1e-4)  # a fifth of the lr at the end, not zero
+
+
+def test_a_ramp_up_longer_than_the_run_is_said_once(tmp_path, digits, capsys):
+    from mixmatch.train import train
+
+    train(config(tmp_path, steps=4, eval_every=4, rampup_steps=8, lambda_u=100), digits)
+    assert "lambda_u ramps up over 8 steps but the run has 4: it ends at 50 of 100" in capsys.readouterr().err
+    train(config(tmp_path, steps=4, eval_every=4, rampup_steps=4, out=str(tmp_path / "other")), digits)
+    assert "ramps up" not in capsys.readouterr().err

@@ -514,6 +514,13 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None, resume: bool
             config, why = plan_budget(resolved, dataset)
             print(f"mixmatch: {why}", file=sys.stderr)
         trainer = Trainer(config, dataset)
+        cfg = trainer.config
+        if cfg.method == "mixmatch" and cfg.rampup_steps > cfg.steps and trainer.dist.is_main:
+            print(
+                f"mixmatch: warning: lambda_u ramps up over {cfg.rampup_steps} steps but the run has {cfg.steps}: "
+                f"it ends at {cfg.lambda_u * cfg.steps / cfg.rampup_steps:g} of {cfg.lambda_u:g} (set --rampup-steps)",
+                file=sys.stderr,
+            )
         if resume:
             trainer.resume()
         return trainer.fit()
