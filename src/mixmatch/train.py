@@ -515,7 +515,7 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None, resume: bool
             print(f"mixmatch: {why}", file=sys.stderr)
         trainer = Trainer(config, dataset)
         cfg = trainer.config
-        if cfg.method == "mixmatch" and cfg.rampup_steps > cfg.steps and trainer.dist.is_main:
+        if not resume and cfg.method == "mixmatch" and cfg.rampup_steps > cfg.steps and trainer.dist.is_main:
             print(
                 f"mixmatch: warning: lambda_u ramps up over {cfg.rampup_steps} steps but the run has {cfg.steps}: "
                 f"it ends at {cfg.lambda_u * cfg.steps / cfg.rampup_steps:g} of {cfg.lambda_u:g} (set --rampup-steps)",
