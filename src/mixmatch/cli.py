@@ -226,7 +226,7 @@ def run_grid(configs: list[TrainConfig], out: Path, key: str) -> str:
 
     Returns the Markdown table; results.md, results.json and curves.png go to `out` (mixmatch.report).
     """
-    from .budget import needs_budget, plan
+    from .budget import DEVICE_FIELDS, needs_budget, plan
     from .report import report
     from .splits import load_for_config
     from .train import train
@@ -237,7 +237,7 @@ def run_grid(configs: list[TrainConfig], out: Path, key: str) -> str:
         slowest = next((cfg for cfg in configs if cfg.method == "mixmatch"), configs[0])
         planned, why = plan(slowest, load_for_config(slowest))
         print(f"mixmatch: {why} Every run of this grid trains as many steps.", file=sys.stderr)
-        chosen = ("steps", "arch", "rampup_steps", "eval_every", "minutes", "schedule", "distribution_alignment")
+        chosen = ("steps", "rampup_steps", "eval_every", "minutes", *DEVICE_FIELDS)
         fixed = {name: getattr(planned, name) for name in chosen}
         configs = [dataclasses.replace(cfg, **fixed) for cfg in configs]
     for cfg in configs:
@@ -340,7 +340,7 @@ def run_data_list(args: argparse.Namespace) -> None:
             model = preset["arch"] or f"{cpu['arch']} on a CPU, {gpu['arch']} on a GPU"
             steps = f"{preset['steps']} steps" if preset["steps"] else "as many steps as fit --minutes"
             lambda_u = preset["lambda_u"] or f"{cpu['lambda_u']} on a CPU, {gpu['lambda_u']} on a GPU"
-            schedule = preset["schedule"] or "cosine (CPU) or constant (GPU)"
+            schedule = preset["schedule"] or f"{cpu['schedule']} (CPU) or {gpu['schedule']} (GPU)"
             aligned = {True: ", distribution alignment", False: "", None: ", distribution alignment on a CPU"}
             print(
                 f"{name:>14}  model {model}, {preset['num_labels'] or 'all'} labels, {steps}, {schedule} lr, "
