@@ -57,6 +57,9 @@ class PerImageAugmenter:
     def views(self, images: torch.Tensor, k: int) -> torch.Tensor:
         return torch.stack([self(images) for _ in range(k)])
 
+    def batch_and_views(self, x: torch.Tensor, u: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self(x), self.views(u, k)
+
     def plain(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float().div(255) - self.mean) / self.std
 

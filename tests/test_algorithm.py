@@ -120,15 +120,16 @@ def test_guess_labels_has_no_gradient():
 
 def test_frozen_batchnorm_keeps_running_stats_and_uses_batch_stats():
     model = nn.Sequential(nn.BatchNorm2d(3, momentum=0.5)).train()
-    before = model[0].running_mean.clone()
+    before = [model[0].running_mean.clone(), model[0].running_var.clone(), model[0].num_batches_tracked.clone()]
     x = torch.randn(8, 3, 4, 4) + 5
     with A.frozen_batchnorm_stats(model):
         out = model(x)
-    torch.testing.assert_close(model[0].running_mean, before)
-    assert abs(out.mean().item()) < 1e-5  # normalised with the batch's own statistics
-    assert model[0].momentum == 0.5
+    after = [model[0].running_mean, model[0].running_var, model[0].num_batches_tracked]
+    assert all(torch.equal(kept, now) for kept, now in zip(before, after, strict=True))
+    torch.testing.assert_close(out, F.batch_norm(x, None, None, training=True, eps=model[0].eps))
+    assert model[0].momentum == 0.5 and model[0].track_running_stats
     model(x)
-    assert not torch.equal(model[0].running_mean, before)
+    assert not torch.equal(model[0].running_mean, before[0])
 
 
 @given(k=st.integers(1, 3), b=st.integers(1, 8), alpha=st.floats(0.0, 4.0), seed=st.integers(0, 2**16))

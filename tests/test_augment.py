@@ -66,3 +66,15 @@ def test_augmenter_keeps_data_on_its_device():
     aug = Augmenter(torch.zeros(1), torch.ones(1), pad=1, flip=False, channels_last=True)
     out = aug(torch.zeros(4, 1, 8, 8, dtype=torch.uint8))
     assert out.device == torch.device("cpu") and out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_batch_and_views_is_the_batch_and_its_views_in_one_call():
+    mean, std = torch.tensor([0.5]), torch.tensor([0.25])
+    x = torch.randint(0, 256, (3, 1, 6, 6), dtype=torch.uint8)
+    u = torch.randint(0, 256, (4, 1, 6, 6), dtype=torch.uint8)
+    plain = Augmenter(mean, std, pad=0, flip=False)
+    xa, views = plain.batch_and_views(x, u, 2)
+    assert torch.equal(xa, plain.plain(x)) and views.shape == (2, 4, 1, 6, 6)
+    assert all(torch.equal(view, plain.plain(u)) for view in views)
+    random_views = Augmenter(mean, std, pad=2, flip=True).batch_and_views(x, u, 2)[1]
+    assert not torch.equal(random_views[0], random_views[1])  # independent draws per view

@@ -77,3 +77,47 @@ def test_a_folder_run_with_minutes_says_what_it_picked_and_records_the_steps(fol
     summary = json.loads((out / "summary.json").read_text())
     assert config["minutes"] is None and config["arch"] == "wrn10_1" and config["steps"] == summary["steps"] >= 100
     assert config["rampup_steps"] == int(0.4 * config["steps"]) and config["eval_every"] == config["steps"] // 20
+
+
+def test_a_cpu_preset_is_capped_at_15_minutes_unless_the_user_gives_the_steps():
+    cfg = TrainConfig(dataset="fashion-mnist", device="cpu").resolved()
+    assert (cfg.steps, cfg.max_minutes) == (5000, 15)
+    assert TrainConfig(dataset="fashion-mnist", steps=5000).resolved().max_minutes is None
+    assert TrainConfig(dataset="fashion-mnist", steps=5000, max_minutes=3).resolved().max_minutes == 3
+    assert TrainConfig(dataset="digits").resolved().max_minutes is None  # seconds, not minutes
+    assert TrainConfig(dataset="cifar10").resolved().max_minutes is None  # the paper's schedule stays whole
+    # 164 ms a step (the fp32 stand-in here): 5000 steps fit 85% of 15 minutes, nothing changes.
+    assert budget.cap(cfg, None, seconds_per_step=0.15) == (cfg, None)
+    # A CPU at 250 ms a step: 85% of 15 minutes holds 3000 steps; ramp-up and evaluations keep their share.
+    capped, why = budget.cap(cfg, None, seconds_per_step=0.25)
+    assert (capped.steps, capped.rampup_steps, capped.eval_every) == (3000, 1200, 150)
+    assert capped.max_minutes == 15 and capped.arch == cfg.arch and capped.lambda_u == cfg.lambda_u
+    assert "fashion-mnist on cpu: 5000 steps at 250 ms a step (measured) would take 21 minutes" in why
+    assert "over its 15-minute cap: training 3000 steps" in why and "pass --steps 5000 (without --max-minutes)" in why
+
+
+def test_a_capped_run_says_so_and_records_its_steps(tmp_path, digits, monkeypatch, capsys):
+    from mixmatch.train import train
+
+    monkeypatch.setattr(budget, "time_step", lambda cfg, data: 30.0)  # a very slow machine
+    cfg = TrainConfig(dataset="digits", max_minutes=1, steps=400, rampup_steps=200, eval_every=100, amp="off",
+                      progress=False, out=str(tmp_path / "run"))
+    summary = train(cfg, digits)
+    assert summary["steps"] == budget.MIN_STEPS
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["steps"], config["rampup_steps"], config["eval_every"]) == (100, 50, 25)
+    assert "digits on cpu: 400 steps at 30000 ms a step (measured) would take 200 minutes" in capsys.readouterr().err
+
+
+def test_a_compare_grid_is_capped_once_and_every_run_keeps_the_same_steps(tmp_path, monkeypatch, capsys):
+    timed = []
+    monkeypatch.setattr(budget, "time_step", lambda cfg, data: timed.append(cfg.method) or 30.0)
+    args = ["compare", "--max-minutes", "1", "--steps", "400", "--rampup-steps", "200", "--eval-every", "100",
+            "--amp", "off", "--no-progress", "--methods", "mixmatch", "supervised", "--seeds", "0"]
+    assert main([*args, "--out", str(tmp_path / "grid")]) == 0
+    assert timed == ["mixmatch"]  # the slowest method, once for the grid
+    err = capsys.readouterr().err
+    assert err.count("over its 1-minute cap: training 100 steps") == 1 and "Every run of this grid" in err
+    for method in ("mixmatch", "supervised"):
+        config = json.loads((tmp_path / "grid" / f"{method}-seed0" / "config.json").read_text())
+        assert (config["steps"], config["rampup_steps"], config["eval_every"]) == (100, 50, 25)

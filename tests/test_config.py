@@ -20,24 +20,24 @@ from mixmatch.config import (
 # The presets as they were typed out one by one before they were built from PAPER: nothing may move but
 # the folder preset (a time budget and the device complete it) and the CPU-scale presets of MNIST and
 # Fashion-MNIST (tuned on a validation split: results/tune-fashion-mnist-cpu).
-# (arch, num_labels, steps, alpha, lambda_u, rampup_steps, eval_every, pad, flip, schedule, alignment)
-PAPER_ROW = ("wrn28_2", 250, 1 << 20, 0.75, 75, 16384, 1024, 4, True, "constant", False)
+# (arch, num_labels, steps, alpha, lambda_u, rampup_steps, eval_every, pad, flip, schedule, alignment, cap)
+PAPER_ROW = ("wrn28_2", 250, 1 << 20, 0.75, 75, 16384, 1024, 4, True, "constant", False, None)
 PRESET_TABLE = {
     "default": PAPER_ROW,
     "cifar10": PAPER_ROW,
-    "cifar100": ("wrn28_2", 10000, 1 << 20, 0.75, 150, 16384, 1024, 4, True, "constant", False),
-    "svhn": ("wrn28_2", 250, 1 << 20, 0.25, 250, 16384, 1024, 4, False, "constant", False),
-    "stl10": ("wrn28_2", 1000, 1 << 20, 0.75, 50, 16384, 1024, 12, True, "constant", False),
-    "digits": ("cnn", 50, 5000, 0.75, 75, 2000, 250, 1, False, "constant", False),
-    "mnist": ("wrn10_1", 100, 5000, 0.75, 150, 2000, 250, 2, False, "cosine", True),
-    "fashion-mnist": ("wrn10_1", 100, 5000, 0.75, 150, 2000, 250, 2, True, "cosine", True),
-    "svhn-extra": ("wrn28_2", 250, 1 << 20, 0.25, 250, 16384, 1024, 4, False, "constant", False),
+    "cifar100": ("wrn28_2", 10000, 1 << 20, 0.75, 150, 16384, 1024, 4, True, "constant", False, None),
+    "svhn": ("wrn28_2", 250, 1 << 20, 0.25, 250, 16384, 1024, 4, False, "constant", False, None),
+    "stl10": ("wrn28_2", 1000, 1 << 20, 0.75, 50, 16384, 1024, 12, True, "constant", False, None),
+    "digits": ("cnn", 50, 5000, 0.75, 75, 2000, 250, 1, False, "constant", False, None),
+    "mnist": ("wrn10_1", 100, 5000, 0.75, 150, 2000, 250, 2, False, "cosine", True, 15),
+    "fashion-mnist": ("wrn10_1", 100, 5000, 0.75, 150, 2000, 250, 2, True, "cosine", True, 15),
+    "svhn-extra": ("wrn28_2", 250, 1 << 20, 0.25, 250, 16384, 1024, 4, False, "constant", False, None),
     # No step count: the device picks the model, schedule and remedy, and a time budget the steps (budget.py).
-    "folder": (None, None, None, 0.75, None, None, None, 4, True, None, None),
+    "folder": (None, None, None, 0.75, None, None, None, 4, True, None, None, None),
 }
 PRESET_KEYS = (
     "arch", "num_labels", "steps", "alpha", "lambda_u", "rampup_steps", "eval_every", "pad", "flip", "schedule",
-    "distribution_alignment",
+    "distribution_alignment", "max_minutes",
 )
 
 

@@ -72,6 +72,24 @@ def test_evaluate_matches_the_trainer_and_draws_the_confusion_matrix(trained, ca
     assert png.stat().st_size > 10_000
     matrix = E.evaluate(run, "digits", out=png)["confusion"]
     assert sum(map(sum, matrix)) == 500 and sum(matrix[i][i] for i in range(10)) == round(500 * result["accuracy"])
+    per_class = result["per_class_accuracy"]
+    assert list(per_class) == [str(i) for i in range(10)]
+    assert per_class["3"] == round(matrix[3][3] / sum(matrix[3]), 4)
+
+
+def test_the_per_class_example_tabulates_what_evaluate_measures(trained, capsys, monkeypatch):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    _, _, run = trained
+    per_class = E.evaluate(run, "digits")["per_class_accuracy"]
+    script = Path(__file__).resolve().parents[1] / "examples" / "per_class.py"
+    monkeypatch.setattr(sys, "argv", ["per_class.py", str(run)])
+    runpy.run_path(str(script), run_name="__main__")
+    header, _, row = capsys.readouterr().out.strip().splitlines()
+    assert header == "| method | runs | " + " | ".join(per_class) + " |"
+    assert row == "| mixmatch | 1 | " + " | ".join(f"{100 * a:.1f}" for a in per_class.values()) + " |"
 
 
 def test_predict_reads_files_and_folders(trained, digits, capsys, tmp_path):

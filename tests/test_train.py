@@ -161,6 +161,9 @@ def test_augmentation_and_optimiser_can_be_replaced_through_options(tmp_path, di
         def views(self, images, k):
             return torch.stack([self(images) for _ in range(k)])
 
+        def batch_and_views(self, x, u, k):
+            return self(x), self.views(u, k)
+
         def plain(self, images):
             return self.default.plain(images)
 

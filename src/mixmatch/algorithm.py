@@ -6,6 +6,7 @@ images (C, H, W). Every function here is stateless; the trainer owns the model a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -52,9 +53,15 @@ def sample_mix_weights(n: int, alpha: float, like: Tensor) -> Tensor:
         raise ValueError(f"mixup alpha must be >= 0, got {alpha}")
     if alpha < 1e-6:
         return torch.ones(n, device=like.device, dtype=like.dtype)
-    concentration = torch.tensor(float(alpha), device=like.device)
-    lam = torch.distributions.Beta(concentration, concentration).sample((n,)).to(like.dtype)
+    lam = _beta(float(alpha), like.device).sample((n,)).to(like.dtype)
     return torch.maximum(lam, 1 - lam)
+
+
+@functools.cache
+def _beta(alpha: float, device: torch.device) -> torch.distributions.Beta:
+    # Built once: building and validating a Beta took longer than sampling from it, every step.
+    concentration = torch.tensor(alpha, device=device)
+    return torch.distributions.Beta(concentration, concentration)
 
 
 def mixup(x1: Tensor, y1: Tensor, x2: Tensor, y2: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
@@ -73,19 +80,17 @@ def frozen_batchnorm_stats(model: nn.Module) -> Iterator[None]:
     """Run BatchNorm in training mode (batch statistics) without touching its running statistics.
 
     The official code keeps running statistics from one forward pass per step; label guessing must
-    not count. momentum=0 makes the running-average update a no-op; the batch counter is restored.
+    not count. With track_running_stats off, a BatchNorm layer in training mode normalises by the
+    batch and is handed no running statistics to update, nor counts the batch (torch's _BatchNorm.forward).
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     for m in norms:
-        m.momentum = 0.0
+        m.track_running_stats = False
     try:
         yield
     finally:
-        for m, (momentum, count) in zip(norms, saved, strict=True):
-            m.momentum = momentum
-            if count is not None:
-                m.num_batches_tracked.copy_(count)
+        for m in norms:
+            m.track_running_stats = True
 
 
 @torch.no_grad()

@@ -68,6 +68,15 @@ class Augmenter:
         """K independent augmentations of each image in one call: uint8 (B, C, H, W) -> (K, B, C, H, W)."""
         return self(images.repeat(k, 1, 1, 1)).unflatten(0, (k, images.shape[0]))
 
+    def batch_and_views(self, x: Tensor, u: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """A labelled batch and K views of an unlabelled one in one call, as `self(x)` and `self.views(u, k)`
+        give them: uint8 (B, C, H, W) and (B_u, C, H, W) -> (B, C, H, W) and (K, B_u, C, H, W).
+
+        One call instead of two halves the small operations that dominate augmentation on small images.
+        """
+        out = self(torch.cat([x, u.repeat(k, 1, 1, 1)]))
+        return out[: x.shape[0]], out[x.shape[0] :].unflatten(0, (k, u.shape[0]))
+
     def plain(self, images: Tensor) -> Tensor:
         """Normalisation only, for evaluation."""
         return normalize(images, self.mean, self.std, self.channels_last)

@@ -4,7 +4,8 @@
 CPU (6.5 on this project's fastest 2-core machine). Without --steps, a folder run (or any run given
 --minutes) takes the model that suits the device, times a few of its steps, and trains as many as fit:
 lambda_u ramps up over the first 40% (as the CPU presets of digits and Fashion-MNIST do) and the test
-split is evaluated 20 times.
+split is evaluated 20 times. A CPU preset's fixed steps are capped the same way (`cap`, `max_minutes`), so
+that a run ends within minutes on a CPU slower than the one the preset was tuned on.
 """
 
 from __future__ import annotations
@@ -74,6 +75,39 @@ def time_step(cfg: TrainConfig, data: ImageDataset, steps: int = 8) -> float:
             torch.cuda.synchronize(trainer.device)
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
+
+
+def cap(cfg: TrainConfig, data: ImageDataset, seconds_per_step: float | None = None) -> tuple[TrainConfig, str | None]:
+    """The config with fewer steps where its own would take longer than `max_minutes` on this machine.
+
+    cfg: resolved, with steps (a CPU preset's, whose `max_minutes` is 15). The step is timed (`time_step`)
+    unless `seconds_per_step` is given; the steps that fit SPARE of the cap are kept, in hundreds, with the
+    ramp-up and the evaluation interval scaled by the same share, so that the run keeps its shape and its
+    number of evaluations. Returns (cfg, None) where the steps fit or no cap is set, else the capped config
+    and one paragraph saying why and how to run the whole schedule.
+    """
+    if cfg.max_minutes is None or cfg.steps is None:
+        return cfg, None
+    if seconds_per_step is None:
+        seconds_per_step = time_step(cfg, data)
+    fit = max(MIN_STEPS, int(SPARE * cfg.max_minutes * 60 / seconds_per_step) // 100 * 100)
+    if fit >= cfg.steps:
+        return cfg, None
+    share = fit / cfg.steps
+    capped = dataclasses.replace(
+        cfg,
+        steps=fit,
+        rampup_steps=round(cfg.rampup_steps * share) if cfg.rampup_steps is not None else None,
+        eval_every=max(1, round(cfg.eval_every * share)) if cfg.eval_every is not None else None,
+    )
+    why = (
+        f"{cfg.dataset} on {pick_device(cfg.device).type}: {cfg.steps} steps at "
+        f"{seconds_per_step * 1000:.0f} ms a step (measured) would take {cfg.steps * seconds_per_step / 60:.0f} "
+        f"minutes, over its {cfg.max_minutes:g}-minute cap: training {fit} steps, lambda_u ramped up over "
+        f"{capped.rampup_steps}, evaluated every {capped.eval_every}. For the whole schedule pass --steps "
+        f"{cfg.steps} (without --max-minutes)."
+    )
+    return capped, why
 
 
 def plan(cfg: TrainConfig, data: ImageDataset, seconds_per_step: float | None = None) -> tuple[TrainConfig, str]:

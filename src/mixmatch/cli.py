@@ -226,7 +226,7 @@ def run_grid(configs: list[TrainConfig], out: Path, key: str) -> str:
 
     Returns the Markdown table; results.md, results.json and curves.png go to `out` (mixmatch.report).
     """
-    from .budget import DEVICE_FIELDS, needs_budget, plan
+    from .budget import DEVICE_FIELDS, cap, needs_budget, plan
     from .report import report
     from .splits import load_for_config
     from .train import train
@@ -240,6 +240,14 @@ def run_grid(configs: list[TrainConfig], out: Path, key: str) -> str:
         chosen = ("steps", "rampup_steps", "eval_every", "minutes", *DEVICE_FIELDS)
         fixed = {name: getattr(planned, name) for name in chosen}
         configs = [dataclasses.replace(cfg, **fixed) for cfg in configs]
+    elif any(cfg.max_minutes is not None for cfg in configs):
+        # A preset's cap, timed once on the slowest method, so that every run keeps the same steps.
+        slowest = next((cfg for cfg in configs if cfg.method == "mixmatch"), configs[0])
+        capped, why = cap(slowest, load_for_config(slowest))
+        if why is not None:
+            print(f"mixmatch: {why} Every run of this grid trains as many steps.", file=sys.stderr)
+        fixed = {name: getattr(capped, name) for name in ("steps", "rampup_steps", "eval_every")}
+        configs = [dataclasses.replace(cfg, **fixed, max_minutes=None) for cfg in configs]
     for cfg in configs:
         summary = train(cfg)
         print(
@@ -339,6 +347,8 @@ def run_data_list(args: argparse.Namespace) -> None:
         if name != "default":
             model = preset["arch"] or f"{cpu['arch']} on a CPU, {gpu['arch']} on a GPU"
             steps = f"{preset['steps']} steps" if preset["steps"] else "as many steps as fit --minutes"
+            if preset.get("max_minutes"):
+                steps += f" (fewer where they take over {preset['max_minutes']} min)"
             lambda_u = preset["lambda_u"] or f"{cpu['lambda_u']} on a CPU, {gpu['lambda_u']} on a GPU"
             schedule = preset["schedule"] or f"{cpu['schedule']} (CPU) or {gpu['schedule']} (GPU)"
             aligned = {True: ", distribution alignment", False: "", None: ", distribution alignment on a CPU"}

@@ -172,7 +172,7 @@ def evaluate(
     strict_images: bool = False,
     val_fraction: float | None = None,
 ) -> dict[str, Any]:
-    """Accuracy of an exported model on a data set's evaluation split, and a confusion matrix PNG.
+    """Accuracy of an exported model on a data set's evaluation split, per class too, and a confusion matrix PNG.
 
     The split is the one training measured: the test split, or for an image folder without one the validation
     images held out by `val_fraction` (0.1 by default, drawn as training drew them). `dataset` and
@@ -217,6 +217,13 @@ def evaluate(
     png.parent.mkdir(parents=True, exist_ok=True)
     title = f"{dataset}, {len(data.test_labels)} evaluation images: {100 * accuracy:.2f}% accurate"
     plot_confusion(matrix, meta["classes"], png, title)
+    # Where the errors sit: with a few labels per class, semi-supervised learning helps some classes and not others.
+    per_class = matrix.diagonal() / matrix.sum(1).clamp(min=1)
     return dict(
-        dataset=dataset, images=len(data.test_labels), accuracy=accuracy, confusion=matrix.tolist(), png=str(png)
+        dataset=dataset,
+        images=len(data.test_labels),
+        accuracy=accuracy,
+        per_class_accuracy={name: round(a, 4) for name, a in zip(meta["classes"], per_class.tolist(), strict=True)},
+        confusion=matrix.tolist(),
+        png=str(png),
     )

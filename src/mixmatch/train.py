@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from . import checkpoint as C
 from . import runfolder as R
 from .augment import Augmenter
+from .budget import cap as cap_steps
 from .budget import complete, needs_budget
 from .budget import plan as plan_budget
 from .config import ConfigError, TrainConfig
@@ -81,7 +82,8 @@ class Trainer:
 
     Two parts can be replaced, for comparisons such as bench/step.py's reference path:
     `augment(default)` is given the default batched Augmenter (its mean, std, pad and flip) and returns
-    the augmentation to use instead (anything with the Augmenter's __call__, views and plain);
+    the augmentation to use instead (anything with the Augmenter's __call__, views, batch_and_views and
+    plain);
     `optimizer(parameters, config)` builds the optimiser instead of the fused Adam or SGD of the config.
     """
 
@@ -220,7 +222,8 @@ class Trainer:
         """(total, L_X, L_U) of one MixMatch batch drawn from the data, with the graph for backward."""
         xb, yb = self._batch(self.labeled_x, self.labeled_y)
         ub, _ = self._batch(self.unlabeled_x)
-        return self.mixmatch_loss_of(self.augment(xb), yb, self.augment.views(ub, self.config.k))
+        x, u_views = self.augment.batch_and_views(xb, ub, self.config.k)
+        return self.mixmatch_loss_of(x, yb, u_views)
 
     def mixmatch_loss_of(self, x: Tensor, y: Tensor, u_views: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(total, L_X, L_U) of an augmented labelled batch x (B, C, H, W) with class indices y (B,) and
@@ -513,6 +516,13 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None, resume: bool
             # plan refuses torchrun, so this is the only process and prints.
             config, why = plan_budget(resolved, dataset)
             print(f"mixmatch: {why}", file=sys.stderr)
+        elif not resume and resolved.max_minutes is not None and not ProcessGroup.from_env().enabled:
+            # Under torchrun each process would time its own step and could pick other steps: no cap there.
+            resolved.validate()
+            dataset = dataset if dataset is not None else load_for_config(resolved)
+            config, why = cap_steps(resolved, dataset)
+            if why is not None:
+                print(f"mixmatch: {why}", file=sys.stderr)
         trainer = Trainer(config, dataset)
         cfg = trainer.config
         if not resume and cfg.method == "mixmatch" and cfg.rampup_steps > cfg.steps and trainer.dist.is_main:
