@@ -26,14 +26,15 @@ def test_the_folder_preset_fits_ten_minutes_on_a_cpu_with_the_cpu_scale_settings
     assert PRESETS["folder"]["steps"] is None and PRESETS["folder"]["arch"] is None
     cfg = TrainConfig(dataset="folder", data_dir=str(folder), image_size=16, device="cpu").resolved()
     data = load_dataset("folder", str(folder), image_size=16)
-    monkeypatch.setattr(budget, "time_step", lambda cfg, data: 0.05)  # 50 ms a step, as measured
+    monkeypatch.setattr(budget, "time_run", lambda cfg, data: (0.05, 3.0))  # 50 ms a step, 3 s an evaluation
     planned, why = budget.plan(cfg, data)
-    # 85% of 10 minutes at 50 ms a step, in hundreds: 10200 steps; ramp-up 40%; 20 evaluations.
-    assert (planned.steps, planned.arch, planned.rampup_steps, planned.eval_every) == (10200, "wrn10_1", 4080, 510)
+    # 90% of 10 minutes less 20 evaluations of 3 s, at 50 ms a step, in hundreds: 9600 steps; ramp-up 40%.
+    assert (planned.steps, planned.arch, planned.rampup_steps, planned.eval_every) == (9600, "wrn10_1", 3840, 480)
     assert (planned.schedule, planned.lambda_u, planned.distribution_alignment) == ("cosine", 150, True)
     assert planned.minutes is None and not budget.needs_budget(planned)
-    assert "folder on cpu: no --steps given, so 10 minutes of training: model wrn10_1, 50 ms a step" in why
-    assert "10200 steps" in why and "--minutes 40" in why
+    assert "folder on cpu: no --steps given, so 10 minutes of training: model wrn10_1, 50 ms a step and 3 s an " \
+        "evaluation (measured)" in why
+    assert "9600 steps" in why and "--minutes 40" in why
     assert "cosine learning rate, distribution alignment on" in why
 
 
@@ -50,7 +51,7 @@ def test_given_minutes_ramp_up_and_evaluation_interval_are_kept(folder):
     assert cfg.steps is None  # the budget decides, not the preset's 5000
     assert budget.needs_budget(cfg)
     planned, why = budget.plan(cfg, None, seconds_per_step=0.01)
-    assert (planned.steps, planned.arch, planned.rampup_steps, planned.eval_every) == (5100, "cnn", 7, 9)
+    assert (planned.steps, planned.arch, planned.rampup_steps, planned.eval_every) == (5400, "cnn", 7, 9)
     assert why.startswith("digits on cpu: 1 minutes of training")
     assert budget.plan(cfg, None, seconds_per_step=100.0)[0].steps == budget.MIN_STEPS
 
@@ -62,9 +63,9 @@ def test_steps_and_minutes_together_and_a_trainer_without_steps_are_refused(tmp_
         Trainer(TrainConfig(dataset="folder", out=str(tmp_path)), digits)
 
 
-def test_time_step_measures_a_real_step(digits):
-    seconds = budget.time_step(TrainConfig(device="cpu", amp="off").resolved(), digits, steps=2)
-    assert 0 < seconds < 5
+def test_time_run_measures_a_real_step_and_evaluation(digits):
+    step, evaluation = budget.time_run(TrainConfig(device="cpu", amp="off").resolved(), digits, steps=2)
+    assert 0 < step < 5 and 0 < evaluation < 5
 
 
 def test_a_folder_run_with_minutes_says_what_it_picked_and_records_the_steps(folder, tmp_path, capsys):
@@ -86,32 +87,36 @@ def test_a_cpu_preset_is_capped_at_15_minutes_unless_the_user_gives_the_steps():
     assert TrainConfig(dataset="fashion-mnist", steps=5000, max_minutes=3).resolved().max_minutes == 3
     assert TrainConfig(dataset="digits").resolved().max_minutes is None  # seconds, not minutes
     assert TrainConfig(dataset="cifar10").resolved().max_minutes is None  # the paper's schedule stays whole
-    # 164 ms a step (the fp32 stand-in here): 5000 steps fit 85% of 15 minutes, nothing changes.
-    assert budget.cap(cfg, None, seconds_per_step=0.15) == (cfg, None)
-    # A CPU at 250 ms a step: 85% of 15 minutes holds 3000 steps; ramp-up and evaluations keep their share.
-    capped, why = budget.cap(cfg, None, seconds_per_step=0.25)
-    assert (capped.steps, capped.rampup_steps, capped.eval_every) == (3000, 1200, 150)
+    # 150 ms a step and 2 s an evaluation (the fp32 stand-in here): 5000 steps and 20 evaluations fit 90% of
+    # 15 minutes, nothing changes.
+    assert budget.cap(cfg, None, seconds_per_step=0.15, seconds_per_evaluation=2.0) == (cfg, None)
+    # A CPU at 250 ms a step and 6 s an evaluation: 810 s less 120 s holds 2700 steps; ramp-up and evaluations
+    # keep their share.
+    capped, why = budget.cap(cfg, None, seconds_per_step=0.25, seconds_per_evaluation=6.0)
+    assert (capped.steps, capped.rampup_steps, capped.eval_every) == (2700, 1080, 135)
     assert capped.max_minutes == 15 and capped.arch == cfg.arch and capped.lambda_u == cfg.lambda_u
-    assert "fashion-mnist on cpu: 5000 steps at 250 ms a step (measured) would take 21 minutes" in why
-    assert "over its 15-minute cap: training 3000 steps" in why and "pass --steps 5000 (without --max-minutes)" in why
+    assert "fashion-mnist on cpu: 5000 steps at 250 ms a step and 6 s an evaluation (measured) would take 23 " \
+        "minutes" in why
+    assert "over its 15-minute cap: training 2700 steps" in why and "pass --steps 5000 (without --max-minutes)" in why
 
 
 def test_a_capped_run_says_so_and_records_its_steps(tmp_path, digits, monkeypatch, capsys):
     from mixmatch.train import train
 
-    monkeypatch.setattr(budget, "time_step", lambda cfg, data: 30.0)  # a very slow machine
+    monkeypatch.setattr(budget, "time_run", lambda cfg, data: (30.0, 1.0))  # a very slow machine
     cfg = TrainConfig(dataset="digits", max_minutes=1, steps=400, rampup_steps=200, eval_every=100, amp="off",
                       progress=False, out=str(tmp_path / "run"))
     summary = train(cfg, digits)
     assert summary["steps"] == budget.MIN_STEPS
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (config["steps"], config["rampup_steps"], config["eval_every"]) == (100, 50, 25)
-    assert "digits on cpu: 400 steps at 30000 ms a step (measured) would take 200 minutes" in capsys.readouterr().err
+    assert "digits on cpu: 400 steps at 30000 ms a step and 1 s an evaluation (measured) would take 200 minutes" \
+        in capsys.readouterr().err
 
 
 def test_a_compare_grid_is_capped_once_and_every_run_keeps_the_same_steps(tmp_path, monkeypatch, capsys):
     timed = []
-    monkeypatch.setattr(budget, "time_step", lambda cfg, data: timed.append(cfg.method) or 30.0)
+    monkeypatch.setattr(budget, "time_run", lambda cfg, data: (timed.append(cfg.method) or 30.0, 1.0))
     args = ["compare", "--max-minutes", "1", "--steps", "400", "--rampup-steps", "200", "--eval-every", "100",
             "--amp", "off", "--no-progress", "--methods", "mixmatch", "supervised", "--seeds", "0"]
     assert main([*args, "--out", str(tmp_path / "grid")]) == 0

@@ -34,7 +34,8 @@ DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 RAMPUP_SHARE = 0.4  # of the steps: the digits preset ramps over 2000 of 5000
 EVALUATIONS = 20  # per run: the paper's statistic is the median of the last 20
-SPARE = 0.85  # of the budget for steps; evaluation, start and compiling take the rest
+SPARE = 0.9  # of the budget for steps and evaluations; start-up, checkpoints and compiling take the rest
+EVAL_PROBE = 2048  # test images an evaluation is timed on
 MIN_STEPS = 100
 
 
@@ -59,8 +60,9 @@ def complete(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, **filled) if filled else cfg
 
 
-def time_step(cfg: TrainConfig, data: ImageDataset, steps: int = 8) -> float:
-    """Seconds of one training step of `cfg` on `data`, the median of `steps` after two warm-up steps."""
+def time_run(cfg: TrainConfig, data: ImageDataset, steps: int = 8) -> tuple[float, float]:
+    """Seconds of one training step of `cfg` on `data` (the median of `steps` after two warm-up steps) and of
+    one evaluation of its test split (timed on up to EVAL_PROBE images, scaled to all of them)."""
     from .train import Trainer
 
     probe = dataclasses.replace(cfg, steps=1_000_000, minutes=None, compile="off", progress=False, ema_decay=0.0)
@@ -74,14 +76,27 @@ def time_step(cfg: TrainConfig, data: ImageDataset, steps: int = 8) -> float:
         if trainer.device.type == "cuda":
             torch.cuda.synchronize(trainer.device)
         times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    images, labels = trainer.data.test_images[:EVAL_PROBE], trainer.data.test_labels[:EVAL_PROBE]
+    start = time.perf_counter()
+    trainer.evaluate(images, labels)  # reads the count back: synchronised
+    evaluation = (time.perf_counter() - start) * len(trainer.data.test_images) / max(1, len(images))
+    return sorted(times)[len(times) // 2], evaluation
 
 
-def cap(cfg: TrainConfig, data: ImageDataset, seconds_per_step: float | None = None) -> tuple[TrainConfig, str | None]:
+def _steps_that_fit(minutes: float, seconds_per_step: float, evaluations: int, seconds_per_evaluation: float) -> int:
+    """Steps, in hundreds, that fit SPARE of `minutes` once `evaluations` evaluations are paid for."""
+    seconds = SPARE * minutes * 60 - evaluations * seconds_per_evaluation
+    return max(MIN_STEPS, int(seconds / seconds_per_step) // 100 * 100)
+
+
+def cap(
+    cfg: TrainConfig, data: ImageDataset, seconds_per_step: float | None = None, seconds_per_evaluation: float = 0.0
+) -> tuple[TrainConfig, str | None]:
     """The config with fewer steps where its own would take longer than `max_minutes` on this machine.
 
-    cfg: resolved, with steps (a CPU preset's, whose `max_minutes` is 15). The step is timed (`time_step`)
-    unless `seconds_per_step` is given; the steps that fit SPARE of the cap are kept, in hundreds, with the
+    cfg: resolved, with steps (a CPU preset's, whose `max_minutes` is 15). The step and an evaluation are
+    timed (`time_run`) unless `seconds_per_step` (and `seconds_per_evaluation`) are given; the steps that
+    fit SPARE of the cap beside the run's evaluations are kept, in hundreds, with the
     ramp-up and the evaluation interval scaled by the same share, so that the run keeps its shape and its
     number of evaluations. Returns (cfg, None) where the steps fit or no cap is set, else the capped config
     and one paragraph saying why and how to run the whole schedule.
@@ -89,8 +104,9 @@ def cap(cfg: TrainConfig, data: ImageDataset, seconds_per_step: float | None = N
     if cfg.max_minutes is None or cfg.steps is None:
         return cfg, None
     if seconds_per_step is None:
-        seconds_per_step = time_step(cfg, data)
-    fit = max(MIN_STEPS, int(SPARE * cfg.max_minutes * 60 / seconds_per_step) // 100 * 100)
+        seconds_per_step, seconds_per_evaluation = time_run(cfg, data)
+    evaluations = cfg.steps // cfg.eval_every if cfg.eval_every else 1
+    fit = _steps_that_fit(cfg.max_minutes, seconds_per_step, evaluations, seconds_per_evaluation)
     if fit >= cfg.steps:
         return cfg, None
     share = fit / cfg.steps
@@ -102,15 +118,18 @@ def cap(cfg: TrainConfig, data: ImageDataset, seconds_per_step: float | None = N
     )
     why = (
         f"{cfg.dataset} on {pick_device(cfg.device).type}: {cfg.steps} steps at "
-        f"{seconds_per_step * 1000:.0f} ms a step (measured) would take {cfg.steps * seconds_per_step / 60:.0f} "
-        f"minutes, over its {cfg.max_minutes:g}-minute cap: training {fit} steps, lambda_u ramped up over "
+        f"{seconds_per_step * 1000:.0f} ms a step and {seconds_per_evaluation:.0f} s an evaluation (measured) "
+        f"would take {(cfg.steps * seconds_per_step + evaluations * seconds_per_evaluation) / 60:.0f} minutes, "
+        f"over its {cfg.max_minutes:g}-minute cap: training {fit} steps, lambda_u ramped up over "
         f"{capped.rampup_steps}, evaluated every {capped.eval_every}. For the whole schedule pass --steps "
         f"{cfg.steps} (without --max-minutes)."
     )
     return capped, why
 
 
-def plan(cfg: TrainConfig, data: ImageDataset, seconds_per_step: float | None = None) -> tuple[TrainConfig, str]:
+def plan(
+    cfg: TrainConfig, data: ImageDataset, seconds_per_step: float | None = None, seconds_per_evaluation: float = 0.0
+) -> tuple[TrainConfig, str]:
     """The config with steps (and, where not given, arch, ramp-up and evaluation interval) from the budget.
 
     cfg: resolved; its `minutes`, or DEFAULT_MINUTES for the device. Returns the config and one paragraph
@@ -124,13 +143,13 @@ def plan(cfg: TrainConfig, data: ImageDataset, seconds_per_step: float | None = 
     minutes = cfg.minutes if cfg.minutes is not None else DEFAULT_MINUTES.get(device, DEFAULT_MINUTES["cpu"])
     sized = complete(cfg)
     if seconds_per_step is None:
-        seconds_per_step = time_step(sized, data)
-    steps = max(MIN_STEPS, int(SPARE * minutes * 60 / seconds_per_step) // 100 * 100)
+        seconds_per_step, seconds_per_evaluation = time_run(sized, data)
+    steps = _steps_that_fit(minutes, seconds_per_step, EVALUATIONS, seconds_per_evaluation)
     planned = complete(dataclasses.replace(sized, steps=steps, minutes=None))
     why = (
         f"{cfg.dataset} on {device}: {'' if cfg.minutes is not None else 'no --steps given, so '}"
-        f"{minutes:g} minutes of training: model {planned.arch}, {seconds_per_step * 1000:.0f} ms a step "
-        "(measured), "
+        f"{minutes:g} minutes of training: model {planned.arch}, {seconds_per_step * 1000:.0f} ms a step and "
+        f"{seconds_per_evaluation:.0f} s an evaluation (measured), "
         f"{steps} steps, lambda_u {planned.lambda_u:g} ramped up over {planned.rampup_steps} steps, "
         f"{planned.schedule} learning rate, "
         f"distribution alignment {'on' if planned.distribution_alignment else 'off'}, {EVALUATIONS} evaluations. "
