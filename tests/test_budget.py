@@ -36,6 +36,8 @@ def test_the_folder_preset_fits_ten_minutes_on_a_cpu_with_the_cpu_scale_settings
         "evaluation (measured)" in why
     assert "9600 steps" in why and "--minutes 40" in why
     assert "cosine learning rate, distribution alignment on" in why
+    capped = TrainConfig(dataset="folder", data_dir=str(folder), image_size=16, device="cpu", max_minutes=5)
+    assert budget.plan(capped.resolved(), data)[0].steps == 4200  # 270 s less 60 s, at 50 ms a step
 
 
 def test_on_a_gpu_the_folder_preset_takes_the_papers_model_and_settings(monkeypatch):
@@ -52,7 +54,7 @@ def test_given_minutes_ramp_up_and_evaluation_interval_are_kept(folder):
     assert budget.needs_budget(cfg)
     planned, why = budget.plan(cfg, None, seconds_per_step=0.01)
     assert (planned.steps, planned.arch, planned.rampup_steps, planned.eval_every) == (5400, "cnn", 7, 9)
-    assert why.startswith("digits on cpu: 1 minutes of training")
+    assert why.startswith("digits on cpu: 1 minute of training")
     assert budget.plan(cfg, None, seconds_per_step=100.0)[0].steps == budget.MIN_STEPS
 
 
@@ -85,6 +87,9 @@ def test_a_cpu_preset_is_capped_at_15_minutes_unless_the_user_gives_the_steps():
     assert (cfg.steps, cfg.max_minutes) == (5000, 15)
     assert TrainConfig(dataset="fashion-mnist", steps=5000).resolved().max_minutes is None
     assert TrainConfig(dataset="fashion-mnist", steps=5000, max_minutes=3).resolved().max_minutes == 3
+    assert TrainConfig(dataset="fashion-mnist", minutes=3).resolved().max_minutes is None  # a budget, not a cap
+    with pytest.raises(ConfigError, match="max_minutes caps a step count; minutes"):
+        TrainConfig(dataset="fashion-mnist", minutes=3, max_minutes=3).validate()
     assert TrainConfig(dataset="digits").resolved().max_minutes is None  # seconds, not minutes
     assert TrainConfig(dataset="cifar10").resolved().max_minutes is None  # the paper's schedule stays whole
     # 150 ms a step and 2 s an evaluation (the fp32 stand-in here): 5000 steps and 20 evaluations fit 90% of
@@ -97,7 +102,7 @@ def test_a_cpu_preset_is_capped_at_15_minutes_unless_the_user_gives_the_steps():
     assert capped.max_minutes == 15 and capped.arch == cfg.arch and capped.lambda_u == cfg.lambda_u
     assert "fashion-mnist on cpu: 5000 steps at 250 ms a step and 6 s an evaluation (measured) would take 23 " \
         "minutes" in why
-    assert "over its 15-minute cap: training 2700 steps" in why and "pass --steps 5000 (without --max-minutes)" in why
+    assert "over its 15-minute cap: training 2700 steps" in why and "pass --steps 5000 and no --max-minutes" in why
 
 
 def test_a_capped_run_says_so_and_records_its_steps(tmp_path, digits, monkeypatch, capsys):
@@ -110,8 +115,9 @@ def test_a_capped_run_says_so_and_records_its_steps(tmp_path, digits, monkeypatc
     assert summary["steps"] == budget.MIN_STEPS
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (config["steps"], config["rampup_steps"], config["eval_every"]) == (100, 50, 25)
-    assert "digits on cpu: 400 steps at 30000 ms a step and 1 s an evaluation (measured) would take 200 minutes" \
-        in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "digits on cpu: 400 steps at 30000 ms a step and 1 s an evaluation (measured) would take 200 minutes" in err
+    assert "(100 steps is the least a run trains)" in err
 
 
 def test_a_compare_grid_is_capped_once_and_every_run_keeps_the_same_steps(tmp_path, monkeypatch, capsys):

@@ -90,6 +90,9 @@ def test_the_per_class_example_tabulates_what_evaluate_measures(trained, capsys,
     header, _, row = capsys.readouterr().out.strip().splitlines()
     assert header == "| method | runs | " + " | ".join(per_class) + " |"
     assert row == "| mixmatch | 1 | " + " | ".join(f"{100 * a:.1f}" for a in per_class.values()) + " |"
+    monkeypatch.setattr(sys, "argv", ["per_class.py", str(run.parent / "no-such-run")])
+    with pytest.raises(SystemExit, match=r"^per_class.py: error: .*no-such-run is not a finished run folder"):
+        runpy.run_path(str(script), run_name="__main__")
 
 
 def test_predict_reads_files_and_folders(trained, digits, capsys, tmp_path):

@@ -5,7 +5,7 @@ import pytest
 from mixmatch.report import aggregate, markdown_table
 
 
-def run(method, seed, accuracy, tag=None, labels=100):
+def run(method, seed, accuracy, tag=None, labels=100, steps=10):
     return dict(
         dir=f"runs/{method}-{tag}-seed{seed}",
         config=dict(method=method, tag=tag),
@@ -15,7 +15,7 @@ def run(method, seed, accuracy, tag=None, labels=100):
             test_accuracy=accuracy,
             median_test_accuracy_last_20=accuracy,
             wall_seconds=1.0,
-            steps=10,
+            steps=steps,
         ),
     )
 
@@ -47,3 +47,10 @@ def test_without_both_baselines_there_is_no_gap_column():
     by_tag = [run("mixmatch", 0, 0.8, tag="a"), run("mixmatch", 0, 0.7, tag="b")]
     assert [r["name"] for r in aggregate(by_tag, key="tag")] == ["a", "b"]
     assert [r["name"] for r in aggregate(by_tag, key="run")] == ["mixmatch-a-seed0", "mixmatch-b-seed0"]
+
+
+def test_a_row_of_runs_of_different_lengths_is_flagged(caplog):
+    runs = [run("mixmatch", 0, 0.8), run("mixmatch", 1, 0.7, steps=2300), run("supervised", 0, 0.6)]
+    with caplog.at_level("WARNING", logger="mixmatch.report"):
+        aggregate(runs)
+    assert caplog.messages == ["row mixmatch averages runs of different lengths: 10, 2300 steps"]

@@ -121,8 +121,9 @@ def cap(
         f"{seconds_per_step * 1000:.0f} ms a step and {seconds_per_evaluation:.0f} s an evaluation (measured) "
         f"would take {(cfg.steps * seconds_per_step + evaluations * seconds_per_evaluation) / 60:.0f} minutes, "
         f"over its {cfg.max_minutes:g}-minute cap: training {fit} steps, lambda_u ramped up over "
-        f"{capped.rampup_steps}, evaluated every {capped.eval_every}. For the whole schedule pass --steps "
-        f"{cfg.steps} (without --max-minutes)."
+        f"{capped.rampup_steps}, evaluated every {capped.eval_every}"
+        f"{f' ({MIN_STEPS} steps is the least a run trains)' if fit == MIN_STEPS else ''}. To run all {cfg.steps} "
+        f"steps, pass --steps {cfg.steps} and no --max-minutes."
     )
     return capped, why
 
@@ -132,15 +133,18 @@ def plan(
 ) -> tuple[TrainConfig, str]:
     """The config with steps (and, where not given, arch, ramp-up and evaluation interval) from the budget.
 
-    cfg: resolved; its `minutes`, or DEFAULT_MINUTES for the device. Returns the config and one paragraph
-    that says what was picked and why, and how to train longer. Raises ConfigError where both steps and
-    minutes are given (TrainConfig.validate), or under torchrun (each process would measure its speed).
+    cfg: resolved; its `minutes`, or DEFAULT_MINUTES for the device (no more than its `max_minutes`). Returns
+    the config and one paragraph that says what was picked and why, and how to train longer. Raises
+    ConfigError where both steps and minutes are given (TrainConfig.validate), or under torchrun (each process
+    would measure its speed).
     """
     cfg.validate()
     if ProcessGroup.from_env().enabled:
         raise ConfigError("steps", "steps must be given under torchrun (a time budget is measured per process)")
     device = pick_device(cfg.device).type
     minutes = cfg.minutes if cfg.minutes is not None else DEFAULT_MINUTES.get(device, DEFAULT_MINUTES["cpu"])
+    if cfg.max_minutes is not None:  # a cap on a run without steps: the default budget, or less
+        minutes = min(minutes, cfg.max_minutes)
     sized = complete(cfg)
     if seconds_per_step is None:
         seconds_per_step, seconds_per_evaluation = time_run(sized, data)
@@ -148,7 +152,8 @@ def plan(
     planned = complete(dataclasses.replace(sized, steps=steps, minutes=None))
     why = (
         f"{cfg.dataset} on {device}: {'' if cfg.minutes is not None else 'no --steps given, so '}"
-        f"{minutes:g} minutes of training: model {planned.arch}, {seconds_per_step * 1000:.0f} ms a step and "
+        f"{minutes:g} minute{'' if minutes == 1 else 's'} of training: model {planned.arch}, "
+        f"{seconds_per_step * 1000:.0f} ms a step and "
         f"{seconds_per_evaluation:.0f} s an evaluation (measured), "
         f"{steps} steps, lambda_u {planned.lambda_u:g} ramped up over {planned.rampup_steps} steps, "
         f"{planned.schedule} learning rate, "

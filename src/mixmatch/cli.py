@@ -348,7 +348,10 @@ def run_data_list(args: argparse.Namespace) -> None:
             model = preset["arch"] or f"{cpu['arch']} on a CPU, {gpu['arch']} on a GPU"
             steps = f"{preset['steps']} steps" if preset["steps"] else "as many steps as fit --minutes"
             if preset.get("max_minutes"):
-                steps += f" (fewer where they take over {preset['max_minutes']} min)"
+                steps += (
+                    f" (fewer where they would take over {preset['max_minutes']} min on this machine: --max-minutes; "
+                    "--steps runs them all)"
+                )
             lambda_u = preset["lambda_u"] or f"{cpu['lambda_u']} on a CPU, {gpu['lambda_u']} on a GPU"
             schedule = preset["schedule"] or f"{cpu['schedule']} (CPU) or {gpu['schedule']} (GPU)"
             aligned = {True: ", distribution alignment", False: "", None: ", distribution alignment on a CPU"}

@@ -79,9 +79,9 @@ class TrainConfig:
     )
     max_minutes: float | None = _opt(
         None,
-        "where the preset gives the steps and they would take longer than this on this machine (timed on a few "
-        "steps), train as many as fit, with ramp-up and evaluations scaled alike (CPU presets: 15; --steps "
-        "lifts it)",
+        "where the steps would take longer than this on this machine (timed on a few steps and an evaluation), "
+        "train as many as fit, with ramp-up and evaluations scaled alike (CPU presets: 15, for their own steps: "
+        "--steps lifts it; one you give caps --steps too)",
         "optimisation",
     )
     batch_size: int = _opt(64, "labelled batch size B; the unlabelled batch is also B, times K views", "optimisation")
@@ -165,7 +165,8 @@ class TrainConfig:
         """A copy whose None fields are filled from the data set's preset."""
         preset = PRESETS.get(self.dataset, PRESETS["default"])
         if self.minutes is not None:  # a time budget decides the steps (mixmatch.budget), not the preset
-            preset = {k: v for k, v in preset.items() if k not in ("steps", "rampup_steps", "eval_every")}
+            budgeted = ("steps", "rampup_steps", "eval_every", "max_minutes")
+            preset = {k: v for k, v in preset.items() if k not in budgeted}
         if self.steps is not None:  # a step count the user chose is run whole: the preset's cap is for its own
             preset = {k: v for k, v in preset.items() if k != "max_minutes"}
         values = {k: (preset.get(k) if v is None and k in preset else v) for k, v in dataclasses.asdict(self).items()}
@@ -183,6 +184,11 @@ class TrainConfig:
         if self.steps is not None and self.minutes is not None:
             raise ConfigError(
                 "minutes", "minutes (a time budget) and a step count both set the length of a run: give one of them"
+            )
+        if self.max_minutes is not None and self.minutes is not None:
+            raise ConfigError(
+                "max_minutes", "max_minutes caps a step count; minutes (a time budget) sets the length itself: give "
+                "one of them"
             )
         for name, hint in field_types().items():
             value = getattr(self, name)

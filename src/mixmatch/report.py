@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Any
 
 from . import runfolder as R
 from .metrics import MEDIAN_OF_LAST, median_of_last, read_records
+
+log = logging.getLogger(__name__)
 
 # summary.json's key for the paper's statistic: the median test accuracy of the last 20 evaluations.
 MEDIAN_KEY = f"median_test_accuracy_last_{MEDIAN_OF_LAST}"
@@ -51,6 +54,8 @@ def group_name(run: dict[str, Any], key: str) -> str:
 def aggregate(runs: list[dict[str, Any]], key: str = "method") -> list[dict[str, Any]]:
     """Group runs by config[key] (and labels) and give mean/std of accuracy and wall time over seeds.
 
+    A row whose runs trained different numbers of steps shows the first run's and logs a warning naming them.
+
     Grouped by method, a run with a tag is its own row, "method (tag)": a variant beside the same baselines.
     """
     groups: dict[tuple[Any, Any], list[dict[str, Any]]] = defaultdict(list)
@@ -58,6 +63,9 @@ def aggregate(runs: list[dict[str, Any]], key: str = "method") -> list[dict[str,
         groups[(group_name(run, key), run["summary"]["num_labels"])].append(run)
     rows = []
     for (name, labels), members in groups.items():
+        steps = sorted({m["summary"]["steps"] for m in members})
+        if len(steps) > 1:  # e.g. runs of one preset capped on different machines
+            log.warning("row %s averages runs of different lengths: %s steps", name, ", ".join(map(str, steps)))
         acc = [m["summary"]["test_accuracy"] for m in members]
         median = [m["summary"][MEDIAN_KEY] for m in members]
         wall = [m["summary"]["wall_seconds"] for m in members]
