@@ -132,3 +132,16 @@ def test_a_compare_grid_is_capped_once_and_every_run_keeps_the_same_steps(tmp_pa
     for method in ("mixmatch", "supervised"):
         config = json.loads((tmp_path / "grid" / f"{method}-seed0" / "config.json").read_text())
         assert (config["steps"], config["rampup_steps"], config["eval_every"]) == (100, 50, 25)
+
+
+def test_a_budgeted_grid_with_a_cap_is_timed_once_too(folder, tmp_path, monkeypatch):
+    timed = []
+    monkeypatch.setattr(budget, "time_run", lambda cfg, data: (timed.append(cfg.method) or 30.0, 1.0))
+    args = ["compare", "--dataset", "folder", "--data-dir", str(folder), "--image-size", "16", "--max-minutes",
+            "0.02", "--batch-size", "8", "--amp", "off", "--no-progress", "--methods", "mixmatch", "supervised",
+            "--seeds", "0", "--out", str(tmp_path / "grid")]
+    assert main(args) == 0
+    assert timed == ["mixmatch"]  # the runs do not time themselves again for the cap
+    for method in ("mixmatch", "supervised"):
+        config = json.loads((tmp_path / "grid" / f"{method}-seed0" / "config.json").read_text())
+        assert config["steps"] == budget.MIN_STEPS and config["max_minutes"] is None

@@ -96,9 +96,9 @@ def cap(
 
     cfg: resolved, with steps (a CPU preset's, whose `max_minutes` is 15). The step and an evaluation are
     timed (`time_run`) unless `seconds_per_step` (and `seconds_per_evaluation`) are given; the steps that
-    fit SPARE of the cap beside the run's evaluations are kept, in hundreds, with the
-    ramp-up and the evaluation interval scaled by the same share, so that the run keeps its shape and its
-    number of evaluations. Returns (cfg, None) where the steps fit or no cap is set, else the capped config
+    fit SPARE of the cap beside the run's evaluations are kept, in hundreds, with the ramp-up and the
+    evaluation interval scaled by the same share, so that the run keeps its shape and its number of
+    evaluations. Returns (cfg, None) where the steps fit or no cap is set, else the capped config
     and one paragraph saying why and how to run the whole schedule.
     """
     if cfg.max_minutes is None or cfg.steps is None:

@@ -232,22 +232,19 @@ def run_grid(configs: list[TrainConfig], out: Path, key: str) -> str:
     from .train import train
 
     configs = [cfg.resolved().validate() for cfg in configs]
+    # One budget or cap for the grid, timed on its slowest method, so that every run trains as many steps.
+    slowest = next((cfg for cfg in configs if cfg.method == "mixmatch"), configs[0])
+    fitted, why = None, None
     if any(needs_budget(cfg) for cfg in configs):
-        # One budget for the grid, measured on its slowest method, so that every run trains as many steps.
-        slowest = next((cfg for cfg in configs if cfg.method == "mixmatch"), configs[0])
-        planned, why = plan(slowest, load_for_config(slowest))
-        print(f"mixmatch: {why} Every run of this grid trains as many steps.", file=sys.stderr)
-        chosen = ("steps", "rampup_steps", "eval_every", "minutes", *DEVICE_FIELDS)
-        fixed = {name: getattr(planned, name) for name in chosen}
-        configs = [dataclasses.replace(cfg, **fixed) for cfg in configs]
+        fitted, why = plan(slowest, load_for_config(slowest))
     elif any(cfg.max_minutes is not None for cfg in configs):
-        # A preset's cap, timed once on the slowest method, so that every run keeps the same steps.
-        slowest = next((cfg for cfg in configs if cfg.method == "mixmatch"), configs[0])
-        capped, why = cap(slowest, load_for_config(slowest))
+        fitted, why = cap(slowest, load_for_config(slowest))
+    if fitted is not None:
         if why is not None:
             print(f"mixmatch: {why} Every run of this grid trains as many steps.", file=sys.stderr)
-        fixed = {name: getattr(capped, name) for name in ("steps", "rampup_steps", "eval_every")}
-        configs = [dataclasses.replace(cfg, **fixed, max_minutes=None) for cfg in configs]
+        fixed = {name: getattr(fitted, name) for name in ("steps", "rampup_steps", "eval_every", *DEVICE_FIELDS)}
+        # Fitted once here: no run may time itself again (and so pick other steps).
+        configs = [dataclasses.replace(cfg, **fixed, minutes=None, max_minutes=None) for cfg in configs]
     for cfg in configs:
         summary = train(cfg)
         print(
@@ -347,7 +344,7 @@ def run_data_list(args: argparse.Namespace) -> None:
         if name != "default":
             model = preset["arch"] or f"{cpu['arch']} on a CPU, {gpu['arch']} on a GPU"
             steps = f"{preset['steps']} steps" if preset["steps"] else "as many steps as fit --minutes"
-            if preset.get("max_minutes"):
+            if preset["max_minutes"]:
                 steps += (
                     f" (fewer where they would take over {preset['max_minutes']} min on this machine: --max-minutes; "
                     "--steps runs them all)"

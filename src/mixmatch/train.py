@@ -511,16 +511,13 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None, resume: bool
     trainer = None
     try:
         resolved = config.resolved()
-        if not resume and needs_budget(resolved):
+        # A run without steps fits a time budget; a capped one (not under torchrun, where each process would
+        # time its own step and could pick other steps; plan refuses torchrun) fits its cap. Either way this is
+        # the only process, and it prints what it picked.
+        budgeted = needs_budget(resolved)
+        if not resume and (budgeted or (resolved.max_minutes is not None and not ProcessGroup.from_env().enabled)):
             dataset = dataset if dataset is not None else load_for_config(resolved.validate())
-            # plan refuses torchrun, so this is the only process and prints.
-            config, why = plan_budget(resolved, dataset)
-            print(f"mixmatch: {why}", file=sys.stderr)
-        elif not resume and resolved.max_minutes is not None and not ProcessGroup.from_env().enabled:
-            # Under torchrun each process would time its own step and could pick other steps: no cap there.
-            resolved.validate()
-            dataset = dataset if dataset is not None else load_for_config(resolved)
-            config, why = cap_steps(resolved, dataset)
+            config, why = (plan_budget if budgeted else cap_steps)(resolved, dataset)
             if why is not None:
                 print(f"mixmatch: {why}", file=sys.stderr)
         trainer = Trainer(config, dataset)
