@@ -45,3 +45,23 @@ def test_wrn10_1_is_the_same_design_at_a_cpus_scale(channels, size):
     assert sorted({m.out_channels for m in convs}) == [16, 32, 64]
     # Runs of thousands of steps: BatchNorm statistics over ~100 steps, not WRN-28-2's ~1000 (models/wrn.py).
     assert {m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)} == {0.01}
+
+
+def test_small_cnn_pooling_before_the_activation_changes_nothing():
+    """The blocks pool before their leaky ReLU; outputs and gradients equal the usual conv-BN-act-pool order,
+    also where BatchNorm's scale is negative (so the swap is not hidden by a positive affine map)."""
+    torch.manual_seed(0)
+    model = build_model("cnn", 10, 1, 8)
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        bn.weight.data.uniform_(-1, 1)
+    usual = nn.Sequential(
+        *[nn.Sequential(block[0], block[1], nn.LeakyReLU(0.1), nn.MaxPool2d(2)) for block in model.features[:2]],
+        nn.Flatten(), model.classifier,
+    )
+    x = torch.randn(16, 1, 8, 8)
+    out = model(x)
+    torch.testing.assert_close(out, usual(x), rtol=0, atol=0)
+    grad = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+    grad_usual = torch.autograd.grad(usual(x).square().sum(), list(model.parameters()))
+    for g, h in zip(grad, grad_usual, strict=True):
+        torch.testing.assert_close(g, h)
