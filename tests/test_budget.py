@@ -132,6 +132,7 @@ def test_a_compare_grid_is_capped_once_and_every_run_keeps_the_same_steps(tmp_pa
     for method in ("mixmatch", "supervised"):
         config = json.loads((tmp_path / "grid" / f"{method}-seed0" / "config.json").read_text())
         assert (config["steps"], config["rampup_steps"], config["eval_every"]) == (100, 50, 25)
+        assert config["max_minutes"] == 1  # the run folder says what shortened it
 
 
 def test_a_budgeted_grid_with_a_cap_is_timed_once_too(folder, tmp_path, monkeypatch):
@@ -144,4 +145,4 @@ def test_a_budgeted_grid_with_a_cap_is_timed_once_too(folder, tmp_path, monkeypa
     assert timed == ["mixmatch"]  # the runs do not time themselves again for the cap
     for method in ("mixmatch", "supervised"):
         config = json.loads((tmp_path / "grid" / f"{method}-seed0" / "config.json").read_text())
-        assert config["steps"] == budget.MIN_STEPS and config["max_minutes"] is None
+        assert config["steps"] == budget.MIN_STEPS and config["max_minutes"] == 0.02

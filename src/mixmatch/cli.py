@@ -243,10 +243,11 @@ def run_grid(configs: list[TrainConfig], out: Path, key: str) -> str:
         if why is not None:
             print(f"mixmatch: {why} Every run of this grid trains as many steps.", file=sys.stderr)
         fixed = {name: getattr(fitted, name) for name in ("steps", "rampup_steps", "eval_every", *DEVICE_FIELDS)}
-        # Fitted once here: no run may time itself again (and so pick other steps).
-        configs = [dataclasses.replace(cfg, **fixed, minutes=None, max_minutes=None) for cfg in configs]
+        # Fitted once here: no run may time itself again (and so pick other steps). Each keeps its cap, so its
+        # config.json says what shortened it.
+        configs = [dataclasses.replace(cfg, **fixed, minutes=None) for cfg in configs]
     for cfg in configs:
-        summary = train(cfg)
+        summary = train(cfg, fitted=fitted is not None)
         print(
             f"{getattr(cfg, key):>16} seed {cfg.seed}: test accuracy {100 * summary['test_accuracy']:.2f}% "
             f"in {summary['wall_seconds']:.0f} s",

@@ -499,12 +499,15 @@ class Trainer:
         return self.dist.max_int(signals.received, self.device) if logged else 0
 
 
-def train(config: TrainConfig, dataset: ImageDataset | None = None, resume: bool = False) -> dict[str, Any]:
+def train(
+    config: TrainConfig, dataset: ImageDataset | None = None, resume: bool = False, fitted: bool = False
+) -> dict[str, Any]:
     """Build a Trainer for `config` and run it to the end; returns the summary.
 
     With `resume`, continue from the newest checkpoint in config.out instead of starting afresh. A config
     without steps (--dataset folder's preset) or with `minutes` is first fitted to its time budget
-    (mixmatch.budget), which prints what it picked.
+    (mixmatch.budget), which prints what it picked; one with `max_minutes` is capped. `fitted` says that was
+    done already (a compare grid fits all its runs once), so the steps stay as given.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(pick_threads(config.threads))
@@ -515,7 +518,8 @@ def train(config: TrainConfig, dataset: ImageDataset | None = None, resume: bool
         # time its own step and could pick other steps; plan refuses torchrun) fits its cap. Either way this is
         # the only process, and it prints what it picked.
         budgeted = needs_budget(resolved)
-        if not resume and (budgeted or (resolved.max_minutes is not None and not ProcessGroup.from_env().enabled)):
+        capped = resolved.max_minutes is not None and not ProcessGroup.from_env().enabled
+        if not (resume or fitted) and (budgeted or capped):
             dataset = dataset if dataset is not None else load_for_config(resolved.validate())
             config, why = (plan_budget if budgeted else cap_steps)(resolved, dataset)
             if why is not None:
