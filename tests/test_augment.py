@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mixmatch.augment import Augmenter, _reflect, crop_flip, normalize
+from mixmatch.augment import Augmenter, _reflect, crop_flip, cutout, normalize
 
 
 def test_reflect_matches_numpy_reflect_padding():
@@ -78,3 +80,40 @@ def test_batch_and_views_is_the_batch_and_its_views_in_one_call():
     assert all(torch.equal(view, plain.plain(u)) for view in views)
     random_views = Augmenter(mean, std, pad=2, flip=True).batch_and_views(x, u, 2)[1]
     assert not torch.equal(random_views[0], random_views[1])  # independent draws per view
+
+
+@settings(max_examples=50, deadline=None)
+@given(height=st.integers(1, 12), width=st.integers(1, 12), size=st.integers(0, 14), seed=st.integers(0, 2**16))
+def test_cutout_fills_one_clipped_square_per_image_and_nothing_else(height, width, size, seed):
+    torch.manual_seed(seed)
+    images = torch.randint(0, 127, (5, 2, height, width), dtype=torch.uint8)  # never the fill value
+    out = cutout(images, size, fill=200)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    for image, result in zip(images, out, strict=True):
+        filled = result == 200
+        assert torch.equal(filled[0], filled[1])  # the same square in every channel
+        assert torch.equal(result[~filled], image[~filled])
+        rows, cols = filled[0].nonzero(as_tuple=True)
+        if size == 0:
+            assert rows.numel() == 0
+            continue
+        # one square of side `size` whose centre is inside the image, cut off at the borders
+        assert rows.numel() >= 1 and rows.max() - rows.min() < size and cols.max() - cols.min() < size
+        assert rows.numel() == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert (rows.max() - rows.min() + 1 == size) or rows.min() == 0 or rows.max() == height - 1
+        assert (cols.max() - cols.min() + 1 == size) or cols.min() == 0 or cols.max() == width - 1
+
+
+def test_strong_views_are_k_seeded_views_unlike_the_weak_ones():
+    aug = Augmenter(torch.tensor([0.5]), torch.tensor([0.25]), pad=2, flip=True)
+    images = torch.randint(0, 256, (20, 1, 28, 28), dtype=torch.uint8)
+    torch.manual_seed(0)
+    strong = aug.strong_views(images, 2)
+    assert strong.shape == (2, 20, 1, 28, 28) and strong.dtype == torch.float32
+    torch.manual_seed(0)
+    assert torch.equal(aug.strong_views(images, 2), strong)  # the global RNG decides everything
+    assert not torch.equal(strong[0], strong[1])
+    gray = (127 / 255 - 0.5) / 0.25
+    # Cutout takes at least a quarter of the side squared from every view (a corner centre), at most 14^2
+    covered = torch.isclose(strong, torch.tensor(gray), atol=1e-5).flatten(2).sum(-1)
+    assert (covered >= 7 * 7).all() and (covered <= 14 * 14 + 28 * 28 // 4).all()

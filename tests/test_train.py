@@ -54,6 +54,31 @@ def test_mixmatch_loss_matches_the_algorithm_functions(tmp_path, digits):
     assert trainer.lambda_u() == 75
 
 
+def test_augmentation_anchoring_trains_on_strong_views_against_the_weak_guess(tmp_path, digits, monkeypatch):
+    trainer = Trainer(config(tmp_path, amp="off", augmentation_anchoring=True), digits)
+    seen = {}
+    guess, mix, strong_views = trainer.guess, trainer.mixmatch.mix, trainer.augment.strong_views
+
+    def spy(name, function):
+        def record(*args):
+            seen[name] = args
+            return function(*args)
+
+        return record
+
+    monkeypatch.setattr(trainer, "guess", spy("guess", guess))
+    monkeypatch.setattr(trainer.mixmatch, "mix", spy("mix", mix))
+    monkeypatch.setattr(trainer.augment, "strong_views", spy("strong", strong_views))
+    trainer.mixmatch_loss()
+    u, k = seen["strong"]
+    weak_views, strong = seen["guess"][0], seen["mix"][2]
+    assert k == 2 and strong.shape == weak_views.shape == (2, *u.shape)
+    assert not torch.equal(strong, weak_views)  # mixed and trained: the strong views; guessed from: the weak
+    summary = Trainer(config(tmp_path, augmentation_anchoring=True, out=str(tmp_path / "whole")), digits).fit()
+    assert summary["steps"] == 20
+    assert json.loads((tmp_path / "whole" / "config.json").read_text())["augmentation_anchoring"] is True
+
+
 def test_label_guessing_does_not_move_batchnorm_running_stats(tmp_path, digits):
     trainer = Trainer(config(tmp_path, amp="off"), digits)
     bn = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d))

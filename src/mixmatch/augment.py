@@ -3,12 +3,20 @@
 The paper's augmentation is a random horizontal flip and a random crop after reflect-padding by 4
 pixels. Both are one gather here: each output pixel reads a source pixel whose row and column are
 shifted (and mirrored) per example, so there is no per-image Python and no padded copy.
+
+The strong augmentation of augmentation anchoring (ReMixMatch, FixMatch) adds torchvision's RandAugment
+and a Cutout of half the image's side on top of the same crop and flip.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torchvision.transforms import v2
+
+# Images that share one RandAugment draw (its two operations and their directions). One call per image
+# costs six times as much: 28.6 against 4.5 ms for 128 28x28 images on the 2-core CPU.
+RANDAUGMENT_GROUP = 8
 
 
 def _reflect(index: Tensor, size: int) -> Tensor:
@@ -47,6 +55,18 @@ def crop_flip(images: Tensor, pad: int, flip: bool) -> Tensor:
     return out.permute(0, 3, 1, 2)
 
 
+def cutout(images: Tensor, size: int, fill: int = 127) -> Tensor:
+    """Each image with a `size` x `size` square at a random centre (clipped at the borders) set to `fill`
+    (FixMatch's Cutout: gray, half the side). images: (N, C, H, W); returns a new tensor."""
+    n, _, height, width = images.shape
+    top = torch.randint(height, (n, 1, 1, 1), device=images.device) - size // 2
+    left = torch.randint(width, (n, 1, 1, 1), device=images.device) - size // 2
+    rows = torch.arange(height, device=images.device).view(1, 1, height, 1)
+    cols = torch.arange(width, device=images.device).view(1, 1, 1, width)
+    inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+    return images.masked_fill(inside, fill)
+
+
 def normalize(images: Tensor, mean: Tensor, std: Tensor, channels_last: bool = False) -> Tensor:
     """uint8 (N, C, H, W) -> float32 (x/255 - mean)/std; mean, std: (C,)."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -59,6 +79,7 @@ class Augmenter:
 
     def __init__(self, mean: Tensor, std: Tensor, pad: int, flip: bool, channels_last: bool = False):
         self.mean, self.std, self.pad, self.flip, self.channels_last = mean, std, pad, flip, channels_last
+        self.randaugment = v2.RandAugment()  # two of 14 operations at magnitude 9 of 31, as torchvision's default
 
     def __call__(self, images: Tensor) -> Tensor:
         """uint8 (N, C, H, W) -> augmented, normalised float (N, C, H, W)."""
@@ -76,6 +97,15 @@ class Augmenter:
         """
         out = self(torch.cat([x, u.repeat(k, 1, 1, 1)]))
         return out[: x.shape[0]], out[x.shape[0] :].unflatten(0, (k, u.shape[0]))
+
+    def strong_views(self, images: Tensor, k: int) -> Tensor:
+        """K strongly augmented views of each image: crop/flip, RandAugment (one draw per RANDAUGMENT_GROUP
+        images), Cutout of half the side, then normalisation. uint8 (B, C, H, W) -> (K, B, C, H, W).
+        Draws from the global RNG. Used by --augmentation-anchoring."""
+        x = crop_flip(images.repeat(k, 1, 1, 1), self.pad, self.flip)
+        x = torch.cat([self.randaugment(group) for group in x.split(RANDAUGMENT_GROUP)])
+        x = cutout(x, x.shape[-1] // 2)
+        return normalize(x, self.mean, self.std, self.channels_last).unflatten(0, (k, images.shape[0]))
 
     def plain(self, images: Tensor) -> Tensor:
         """Normalisation only, for evaluation."""

@@ -125,6 +125,12 @@ class TrainConfig:
         "distribution alignment, not in MixMatch; it stops a class vanishing from the guesses)",
         "MixMatch",
     )
+    augmentation_anchoring: bool = _opt(
+        False,
+        "train on K strongly augmented views of each unlabelled image (RandAugment and Cutout) against the guess "
+        "from its K weak views (ReMixMatch's augmentation anchoring, not in MixMatch)",
+        "MixMatch",
+    )
     eval_every: int | None = _opt(None, "evaluate the test split every N steps", "run")
     log_every: int = _opt(50, "write training losses to metrics.jsonl every N steps", "run")
     tensorboard: bool = _opt(False, "also write TensorBoard event files to RUN_DIR/tensorboard", "run")

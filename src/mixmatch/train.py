@@ -223,15 +223,20 @@ class Trainer:
         xb, yb = self._batch(self.labeled_x, self.labeled_y)
         ub, _ = self._batch(self.unlabeled_x)
         x, u_views = self.augment.batch_and_views(xb, ub, self.config.k)
-        return self.mixmatch_loss_of(x, yb, u_views)
+        strong = self.augment.strong_views(ub, self.config.k) if self.config.augmentation_anchoring else None
+        return self.mixmatch_loss_of(x, yb, u_views, strong)
 
-    def mixmatch_loss_of(self, x: Tensor, y: Tensor, u_views: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def mixmatch_loss_of(
+        self, x: Tensor, y: Tensor, u_views: Tensor, u_strong: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """(total, L_X, L_U) of an augmented labelled batch x (B, C, H, W) with class indices y (B,) and
         augmented unlabelled views u_views (K, B, C, H, W): guess, mix, forward and loss of `self.mixmatch`
-        at this step, in the run's precision."""
+        at this step, in the run's precision. With u_strong (K, B, C, H, W), strongly augmented views of the
+        same images, those are mixed and trained on against the guess from u_views (augmentation anchoring,
+        ReMixMatch sec. 3.3)."""
         p = F.one_hot(y, self.data.num_classes).float()
         q = self.guess(u_views)
-        x_mix, p_mix, u_mix, q_mix = self.mixmatch.mix(x, p, u_views, q)
+        x_mix, p_mix, u_mix, q_mix = self.mixmatch.mix(x, p, u_views if u_strong is None else u_strong, q)
         with self._autocast():
             logits_x, logits_u = self.mixmatch.forward_mixed(self.model, x_mix, u_mix, self.forward)
         return self.mixmatch.loss(logits_x, p_mix, logits_u, q_mix, self.lambda_u())
