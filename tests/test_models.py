@@ -37,12 +37,13 @@ def test_unknown_architecture():
 
 
 @pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 32)])
-def test_wrn10_1_is_the_same_design_at_a_cpus_scale(channels, size):
-    model = build_model("wrn10_1", 10, channels, size)
+@pytest.mark.parametrize(("arch", "widths"), [("wrn10_1", [16, 32, 64]), ("wrn10_2", [16, 32, 64, 128])])
+def test_wrn10_is_the_same_design_at_a_cpus_scale(channels, size, arch, widths):
+    model = build_model(arch, 10, channels, size)
     assert model(torch.randn(2, channels, size, size)).shape == (2, 10)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
     assert len(convs) == 7  # stem + 3 stages x 1 unit x 2 convs; with the linear head: 8 weight layers, WRN-10
-    assert sorted({m.out_channels for m in convs}) == [16, 32, 64]
+    assert sorted({m.out_channels for m in convs}) == widths  # the stem has 16, as WRN-28-2's
     # Runs of thousands of steps: BatchNorm statistics over ~100 steps, not WRN-28-2's ~1000 (models/wrn.py).
     assert {m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)} == {0.01}
 

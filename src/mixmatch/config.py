@@ -69,7 +69,7 @@ class TrainConfig:
         "mixmatch", "mixmatch, supervised (labelled subset only) or fully-supervised (all labels)", "MixMatch"
     )
     seed: int = _opt(0, "seed of the labelled split and of training", "run")
-    arch: str | None = _opt(None, "model: wrn28_2, wrn10_1 or cnn", "model")
+    arch: str | None = _opt(None, "model: wrn28_2, wrn10_2, wrn10_1 or cnn", "model")
     steps: int | None = _opt(None, f"training steps (the official full schedule is {PAPER_STEPS})", "optimisation")
     minutes: float | None = _opt(
         None,
