@@ -10,8 +10,10 @@ is timed on each path, alternating rounds so that every path sees the same machi
     default     the default of this machine (bf16 autocast where the CPU has bf16 units)
 
 Each step's FLOPs are counted by torch.utils.flop_counter; the peak is a 2048^3 fp32 (and bf16) matrix
-product measured in the same run, with the same threads. `--busy` also times the fp32 digits step beside
-one busy process (a Python loop that spins), with torch's own thread count and with `--threads auto`.
+product measured in the same run, with the same threads, and the fp32 peak again after every round of
+the paths, so that a fraction compares a step with the peak of the same minutes. `--busy` also times the
+fp32 digits step beside one busy process (a Python loop that spins), with torch's own thread count and
+with `--threads auto`.
 
     python bench/cpu.py --json results/perf-cpu-epyc-bf16.json
     python bench/cpu.py --models digits --busy
@@ -96,16 +98,27 @@ def step_gflop(trainer: Trainer) -> float:
 
 
 def bench_model(model: str, args: argparse.Namespace, peaks: dict[str, float]) -> dict[str, Any]:
+    """Each path's median step, and its fraction of the fp32 peak measured again in every round.
+
+    This machine's speed drifts by 10-20% within an hour, the peak with it: a peak taken once at the start
+    made the same 6.6 ms step 37% of the peak in one run and 44% in the next. Each round's fraction divides
+    that round's step rate by the peak of the same round; the figure is the median over rounds.
+    """
     trainers = {path: make_trainer(model, path) for path in PATHS}
     gflop = step_gflop(trainers["fp32"])
     for trainer in trainers.values():
         timed_steps(trainer, args.warmup)
     steps = args.steps if model != "wrn28_2" else max(2, args.steps // 10)
     times: dict[str, list[float]] = {path: [] for path in trainers}
+    fractions: dict[str, list[float]] = {path: [] for path in trainers}
+    round_peaks = []
     for _ in range(args.rounds):
-        for path, trainer in trainers.items():
-            times[path] += timed_steps(trainer, max(1, steps // args.rounds))
-    result: dict[str, Any] = dict(gflop_per_step=gflop, paths={})
+        round_times = {path: timed_steps(trainer, max(1, steps // args.rounds)) for path, trainer in trainers.items()}
+        round_peaks.append(matmul_gflops(torch.float32, trials=1))
+        for path, t in round_times.items():
+            times[path] += t
+            fractions[path].append(gflop / statistics.median(t) / round_peaks[-1])
+    result: dict[str, Any] = dict(gflop_per_step=gflop, fp32_peak_per_round=round_peaks, paths={})
     reference = statistics.median(times["reference"])
     for path, t in times.items():
         median = statistics.median(t)
@@ -113,7 +126,8 @@ def bench_model(model: str, args: argparse.Namespace, peaks: dict[str, float]) -
         result["paths"][path] = dict(
             ms_per_step=1000 * median,
             gflops=gflop / median,
-            fraction_of_fp32_peak=gflop / median / peaks["fp32"],
+            fraction_of_fp32_peak=statistics.median(fractions[path]),
+            fraction_of_fp32_peak_per_round=fractions[path],
             fraction_of_own_peak=gflop / median / peaks["bf16" if bf16 else "fp32"],
             speedup_over_reference=reference / median,
             bf16=bf16,
@@ -172,11 +186,14 @@ def main() -> None:
         bf16_units=cpu_has_bf16(), threads=torch.get_num_threads(), torch=torch.__version__,
         matmul_gflops=peaks, models={},
     )
-    print(f"{report['cpu']}, bf16 units: {report['bf16_units']}, {report['threads']} threads, torch "
+    threads = f"{report['threads']} thread{'s' if report['threads'] > 1 else ''}"
+    print(f"{report['cpu']}, bf16 units: {report['bf16_units']}, {threads}, torch "
           f"{torch.__version__}; 2048^3 matmul: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
     for model in args.models:
         result = report["models"][model] = bench_model(model, args, peaks)
-        print(f"{model}: {result['gflop_per_step']:.3f} GFLOP per step")
+        round_peaks = ", ".join(f"{p:.0f}" for p in result["fp32_peak_per_round"])
+        print(f"{model}: {result['gflop_per_step']:.3f} GFLOP per step; fp32 peak in each round: {round_peaks} GFLOP/s "
+              "(each round's steps against its own peak; medians over rounds)")
         for path, e in result["paths"].items():
             print(f"  {path:>10}: {e['ms_per_step']:8.1f} ms/step  {e['gflops']:6.1f} GFLOP/s  "
                   f"{100 * e['fraction_of_fp32_peak']:5.1f}% of the fp32 peak  "
@@ -186,7 +203,8 @@ def main() -> None:
         print(f"digits fp32 step beside one busy process: torch's {b['torch_threads']} threads "
               f"{min(b['quiet_ms'].values()):.1f} -> {b['busy_ms']['torch']:.1f} ms "
               f"({100 * b['busy_speed_as_fraction_of_quiet']['torch']:.0f}% of quiet speed); "
-              f"--threads auto ({b['auto_threads_when_busy']} thread(s)) {b['busy_ms']['auto']:.1f} ms "
+              f"--threads auto ({b['auto_threads_when_busy']} thread{'s' if b['auto_threads_when_busy'] > 1 else ''}) "
+              f"{b['busy_ms']['auto']:.1f} ms "
               f"({100 * b['busy_speed_as_fraction_of_quiet']['auto']:.0f}% of quiet speed)")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

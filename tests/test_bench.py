@@ -30,3 +30,18 @@ def test_gpu_check_runs_tiny_on_a_cpu(tmp_path, dataset, request):
     assert summary["dataset"] == dataset and summary["arch"] == "wrn28_2" and summary["steps"] == 4
     assert report["run"]["test_accuracy"] == summary["test_accuracy"]
     assert "| reference |" in (out / "gpu.md").read_text()
+
+
+def test_cpu_bench_runs_tiny_and_gives_each_round_its_own_peak(tmp_path):
+    out = tmp_path / "cpu.json"
+    cmd = [sys.executable, str(BENCH / "cpu.py"), "--models", "digits", "--steps", "4", "--rounds", "2",
+           "--warmup", "1", "--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "1 thread," in done.stdout and "fp32 peak in each round" in done.stdout
+    result = json.loads(out.read_text())["models"]["digits"]
+    assert len(result["fp32_peak_per_round"]) == 2 and min(result["fp32_peak_per_round"]) > 0
+    assert set(result["paths"]) == {"reference", "fp32-nchw", "fp32", "default"}
+    for entry in result["paths"].values():
+        per_round = entry["fraction_of_fp32_peak_per_round"]
+        assert len(per_round) == 2 and entry["fraction_of_fp32_peak"] == pytest.approx(sum(per_round) / 2)

@@ -241,7 +241,8 @@ def run_grid(configs: list[TrainConfig], out: Path, key: str) -> str:
         fitted, why = cap(slowest, load_for_config(slowest))
     if fitted is not None:
         if why is not None:
-            print(f"mixmatch: {why} Every run of this grid trains as many steps.", file=sys.stderr)
+            print(f"mixmatch: {why} Every run of this grid trains the same number of steps (timed on its "
+                  f"{slowest.method} runs).", file=sys.stderr)
         fixed = {name: getattr(fitted, name) for name in ("steps", "rampup_steps", "eval_every", *DEVICE_FIELDS)}
         # Fitted once here: no run may time itself again (and so pick other steps). Each keeps its cap, so its
         # config.json says what shortened it.

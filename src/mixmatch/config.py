@@ -122,13 +122,14 @@ class TrainConfig:
     distribution_alignment: bool | None = _opt(
         None,
         "scale guessed labels so their running class marginal matches the labelled one (ReMixMatch's "
-        "distribution alignment, not in MixMatch; it stops a class vanishing from the guesses)",
+        "distribution alignment, not in the MixMatch paper; it stops a class vanishing from the guesses)",
         "MixMatch",
     )
     augmentation_anchoring: bool = _opt(
         False,
         "train on K strongly augmented views of each unlabelled image (RandAugment and Cutout) against the guess "
-        "from its K weak views (ReMixMatch's augmentation anchoring, not in MixMatch)",
+        "from its K weak views (--method mixmatch only; ReMixMatch's augmentation anchoring, not in the MixMatch "
+        "paper; RandAugment draws once for each group of 8 images)",
         "MixMatch",
     )
     eval_every: int | None = _opt(None, "evaluate the test split every N steps", "run")
