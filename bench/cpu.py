@@ -128,7 +128,8 @@ def bench_model(model: str, args: argparse.Namespace, peaks: dict[str, float]) -
             gflops=gflop / median,
             fraction_of_fp32_peak=statistics.median(fractions[path]),
             fraction_of_fp32_peak_per_round=fractions[path],
-            fraction_of_own_peak=gflop / median / peaks["bf16" if bf16 else "fp32"],
+            # bf16 paths against the bf16 peak of the start; fp32 ones are the per-round figure above
+            fraction_of_own_peak=gflop / median / peaks["bf16"] if bf16 else statistics.median(fractions[path]),
             speedup_over_reference=reference / median,
             bf16=bf16,
             channels_last=trainers[path].channels_last,
@@ -167,6 +168,10 @@ def busy(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def threads(n: int) -> str:
+    return f"{n} thread{'s' if n > 1 else ''}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["digits", "fashion", "wrn10_1", "wrn28_2"],
@@ -186,8 +191,7 @@ def main() -> None:
         bf16_units=cpu_has_bf16(), threads=torch.get_num_threads(), torch=torch.__version__,
         matmul_gflops=peaks, models={},
     )
-    threads = f"{report['threads']} thread{'s' if report['threads'] > 1 else ''}"
-    print(f"{report['cpu']}, bf16 units: {report['bf16_units']}, {threads}, torch "
+    print(f"{report['cpu']}, bf16 units: {report['bf16_units']}, {threads(report['threads'])}, torch "
           f"{torch.__version__}; 2048^3 matmul: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
     for model in args.models:
         result = report["models"][model] = bench_model(model, args, peaks)
@@ -203,8 +207,7 @@ def main() -> None:
         print(f"digits fp32 step beside one busy process: torch's {b['torch_threads']} threads "
               f"{min(b['quiet_ms'].values()):.1f} -> {b['busy_ms']['torch']:.1f} ms "
               f"({100 * b['busy_speed_as_fraction_of_quiet']['torch']:.0f}% of quiet speed); "
-              f"--threads auto ({b['auto_threads_when_busy']} thread{'s' if b['auto_threads_when_busy'] > 1 else ''}) "
-              f"{b['busy_ms']['auto']:.1f} ms "
+              f"--threads auto ({threads(b['auto_threads_when_busy'])}) {b['busy_ms']['auto']:.1f} ms "
               f"({100 * b['busy_speed_as_fraction_of_quiet']['auto']:.0f}% of quiet speed)")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -45,3 +45,5 @@ def test_cpu_bench_runs_tiny_and_gives_each_round_its_own_peak(tmp_path):
     for entry in result["paths"].values():
         per_round = entry["fraction_of_fp32_peak_per_round"]
         assert len(per_round) == 2 and entry["fraction_of_fp32_peak"] == pytest.approx(sum(per_round) / 2)
+        if not entry["bf16"]:  # one figure for an fp32 path, not a second one against the start's peak
+            assert entry["fraction_of_own_peak"] == entry["fraction_of_fp32_peak"]
