@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -6,14 +7,18 @@ from torch import nn
 
 from mixmatch.data import ImageDataset, load_dataset
 
-SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
+# The real data sets: ../shared/data beside the repo on the project's machines, or wherever
+# MIXMATCH_TEST_DATA names (a folder in torchvision's layout, e.g. a torchvision download root).
+SHARED_DATA = Path(
+    os.environ.get("MIXMATCH_TEST_DATA") or Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+).resolve()
 
 
 @pytest.fixture
 def shared_data() -> Path:
-    """The real data sets beside the repo (../shared/data); tests that need them skip in a fresh clone."""
+    """The real data sets (SHARED_DATA); tests that need them skip where Fashion-MNIST is not there."""
     if not (SHARED_DATA / "FashionMNIST" / "raw").is_dir():
-        pytest.skip(f"real data not present at {SHARED_DATA} (only on the project's machines)")
+        pytest.skip(f"real data not present at {SHARED_DATA} (MIXMATCH_TEST_DATA may name one with FashionMNIST/raw)")
     return SHARED_DATA
 
 

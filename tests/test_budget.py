@@ -105,6 +105,30 @@ def test_a_cpu_preset_is_capped_at_15_minutes_unless_the_user_gives_the_steps():
     assert "over its 15-minute cap: training 2700 steps" in why and "pass --steps 5000 and no --max-minutes" in why
 
 
+def test_a_tight_budget_evaluates_fewer_times_and_counts_its_steps_in_tens():
+    cfg = TrainConfig(dataset="digits", minutes=1, device="cpu").resolved()
+    # 20 evaluations of 3 s would take all of 90% of a minute (54 s): a quarter of it holds 4 of them, and
+    # the 42 s left hold 840 steps of 50 ms, counted in tens below 1000.
+    planned, why = budget.plan(cfg, None, seconds_per_step=0.05, seconds_per_evaluation=3.0)
+    assert (planned.steps, planned.eval_every, planned.rampup_steps) == (840, 210, 336)
+    assert "840 steps" in why and "4 evaluations (20 evaluations of 3 s would take over 25% of the budget; the " \
+        "median of the last 20 is over the 4 there are)" in why
+    # Cheap evaluations keep all 20, and steps below 1000 are no longer rounded down to hundreds.
+    planned, why = budget.plan(cfg, None, seconds_per_step=0.2, seconds_per_evaluation=0.0)
+    assert (planned.steps, planned.eval_every) == (270, 13)
+    assert "20 evaluations." in why
+    # A step count the user's own --eval-every decides is not second-guessed.
+    mine = TrainConfig(dataset="digits", minutes=1, eval_every=100, device="cpu").resolved()
+    planned, why = budget.plan(mine, None, seconds_per_step=0.05, seconds_per_evaluation=3.0)
+    assert planned.eval_every == 100 and "would take over" not in why
+    # A CPU preset under a tight cap does the same: 1 minute for the Fashion-MNIST preset's 5000 steps.
+    preset = TrainConfig(dataset="fashion-mnist", max_minutes=1, device="cpu").resolved()
+    capped, why = budget.cap(preset, None, seconds_per_step=0.05, seconds_per_evaluation=3.0)
+    assert (capped.steps, capped.eval_every, capped.rampup_steps) == (840, 210, 336)
+    assert "training 840 steps, lambda_u ramped up over 336, evaluated every 210 (20 evaluations of 3 s would " \
+        "take over 25% of the budget" in why
+
+
 def test_a_capped_run_says_so_and_records_its_steps(tmp_path, digits, monkeypatch, capsys):
     from mixmatch.train import train
 

@@ -4,8 +4,9 @@
 CPU (6.5 on this project's fastest 2-core machine). Without --steps, a folder run (or any run given
 --minutes) takes the model that suits the device, times a few of its steps, and trains as many as fit:
 lambda_u ramps up over the first 40% (as the CPU presets of digits and Fashion-MNIST do) and the test
-split is evaluated 20 times. A CPU preset's fixed steps are capped the same way (`cap`, `max_minutes`), so
-that a run ends within minutes on a CPU slower than the one the preset was tuned on.
+split is evaluated 20 times (fewer where 20 would take over a quarter of the budget). A CPU preset's fixed
+steps are capped the same way (`cap`, `max_minutes`), so that a run ends within minutes on a CPU slower than
+the one the preset was tuned on.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 RAMPUP_SHARE = 0.4  # of the steps: the digits preset ramps over 2000 of 5000
 EVALUATIONS = 20  # per run: the paper's statistic is the median of the last 20
+# Of the budget that evaluations may take: where 20 would take more (a tight budget, a slow evaluation), a run
+# evaluates fewer times, and its median is over those.
+EVAL_SHARE = 0.25
 SPARE = 0.9  # of the budget for steps and evaluations; start-up, checkpoints and compiling take the rest
 EVAL_PROBE = 2048  # test images an evaluation is timed on
 MIN_STEPS = 100
@@ -83,10 +87,29 @@ def time_run(cfg: TrainConfig, data: ImageDataset, steps: int = 8) -> tuple[floa
     return sorted(times)[len(times) // 2], evaluation
 
 
+def _evaluations_that_fit(minutes: float, evaluations: int, seconds_per_evaluation: float) -> int:
+    """`evaluations`, or fewer (at least 1) where they would take more than EVAL_SHARE of SPARE of `minutes`."""
+    if seconds_per_evaluation <= 0:
+        return evaluations
+    return max(1, min(evaluations, int(EVAL_SHARE * SPARE * minutes * 60 / seconds_per_evaluation)))
+
+
 def _steps_that_fit(minutes: float, seconds_per_step: float, evaluations: int, seconds_per_evaluation: float) -> int:
-    """Steps, in hundreds, that fit SPARE of `minutes` once `evaluations` evaluations are paid for."""
-    seconds = SPARE * minutes * 60 - evaluations * seconds_per_evaluation
-    return max(MIN_STEPS, int(seconds / seconds_per_step) // 100 * 100)
+    """Steps that fit SPARE of `minutes` once `evaluations` evaluations are paid for: in hundreds from 1000 on,
+    in tens below (a tight budget would lose a third of its steps to rounding), and at least MIN_STEPS."""
+    steps = int((SPARE * minutes * 60 - evaluations * seconds_per_evaluation) / seconds_per_step)
+    unit = 100 if steps >= 1000 else 10
+    return max(MIN_STEPS, steps // unit * unit)
+
+
+def _fewer_evaluations(kept: int, wanted: int, seconds_per_evaluation: float) -> str:
+    """Why a run evaluates fewer than `wanted` times, for the plan's paragraph ('' where it does not)."""
+    if kept >= wanted:
+        return ""
+    return (
+        f" ({wanted} evaluations of {seconds_per_evaluation:.0f} s would take over {EVAL_SHARE:.0%} of the budget; "
+        f"the median of the last 20 is over the {kept} there are)"
+    )
 
 
 def cap(
@@ -96,10 +119,11 @@ def cap(
 
     cfg: resolved, with steps (a CPU preset's, whose `max_minutes` is 15). The step and an evaluation are
     timed (`time_run`) unless `seconds_per_step` (and `seconds_per_evaluation`) are given; the steps that
-    fit SPARE of the cap beside the run's evaluations are kept, in hundreds, with the ramp-up and the
+    fit SPARE of the cap beside the run's evaluations are kept (`_steps_that_fit`), with the ramp-up and the
     evaluation interval scaled by the same share, so that the run keeps its shape and its number of
-    evaluations. Returns (cfg, None) where the steps fit or no cap is set, else the capped config
-    and one paragraph saying why and how to run the whole schedule.
+    evaluations, unless those would take over EVAL_SHARE of the cap: then it evaluates fewer times. Returns
+    (cfg, None) where the steps fit or no cap is set, else the capped config and one paragraph saying why and
+    how to run the whole schedule.
     """
     if cfg.max_minutes is None or cfg.steps is None:
         return cfg, None
@@ -109,12 +133,17 @@ def cap(
     fit = _steps_that_fit(cfg.max_minutes, seconds_per_step, evaluations, seconds_per_evaluation)
     if fit >= cfg.steps:
         return cfg, None
+    kept = _evaluations_that_fit(cfg.max_minutes, evaluations, seconds_per_evaluation)
+    if kept < evaluations:  # the evaluations would crowd out the steps: fewer of them, and the steps they free
+        fit = _steps_that_fit(cfg.max_minutes, seconds_per_step, kept, seconds_per_evaluation)
     share = fit / cfg.steps
     capped = dataclasses.replace(
         cfg,
         steps=fit,
         rampup_steps=round(cfg.rampup_steps * share) if cfg.rampup_steps is not None else None,
-        eval_every=max(1, round(cfg.eval_every * share)) if cfg.eval_every is not None else None,
+        eval_every=(max(1, fit // kept) if kept < evaluations else max(1, round(cfg.eval_every * share)))
+        if cfg.eval_every is not None
+        else None,
     )
     why = (
         f"{cfg.dataset} on {pick_device(cfg.device).type}: {cfg.steps} steps at "
@@ -122,6 +151,7 @@ def cap(
         f"would take {(cfg.steps * seconds_per_step + evaluations * seconds_per_evaluation) / 60:.0f} minutes, "
         f"over its {cfg.max_minutes:g}-minute cap: training {fit} steps, lambda_u ramped up over "
         f"{capped.rampup_steps}, evaluated every {capped.eval_every}"
+        f"{_fewer_evaluations(kept, evaluations, seconds_per_evaluation)}"
         f"{f' ({MIN_STEPS} steps is the least a run trains)' if fit == MIN_STEPS else ''}. To run all {cfg.steps} "
         f"steps, pass --steps {cfg.steps} and no --max-minutes."
     )
@@ -148,8 +178,11 @@ def plan(
     sized = complete(cfg)
     if seconds_per_step is None:
         seconds_per_step, seconds_per_evaluation = time_run(sized, data)
-    steps = _steps_that_fit(minutes, seconds_per_step, EVALUATIONS, seconds_per_evaluation)
-    planned = complete(dataclasses.replace(sized, steps=steps, minutes=None))
+    evaluations = _evaluations_that_fit(minutes, EVALUATIONS, seconds_per_evaluation)
+    steps = _steps_that_fit(minutes, seconds_per_step, evaluations, seconds_per_evaluation)
+    fewer = {} if evaluations == EVALUATIONS or sized.eval_every is not None else {"eval_every": steps // evaluations}
+    planned = complete(dataclasses.replace(sized, steps=steps, minutes=None, **fewer))
+    evaluations = max(1, planned.steps // planned.eval_every)
     why = (
         f"{cfg.dataset} on {device}: {'' if cfg.minutes is not None else 'no --steps given, so '}"
         f"{minutes:g} minute{'' if minutes == 1 else 's'} of training: model {planned.arch}, "
@@ -157,7 +190,9 @@ def plan(
         f"{seconds_per_evaluation:.0f} s an evaluation (measured), "
         f"{steps} steps, lambda_u {planned.lambda_u:g} ramped up over {planned.rampup_steps} steps, "
         f"{planned.schedule} learning rate, "
-        f"distribution alignment {'on' if planned.distribution_alignment else 'off'}, {EVALUATIONS} evaluations. "
+        f"distribution alignment {'on' if planned.distribution_alignment else 'off'}, {evaluations} evaluation"
+        f"{'' if evaluations == 1 else 's'}"
+        f"{_fewer_evaluations(evaluations, EVALUATIONS, seconds_per_evaluation) if fewer else ''}. "
         f"Train longer with --minutes {4 * minutes:g}, or set --steps."
     )
     return planned, why
