@@ -117,10 +117,12 @@ def test_a_tight_budget_evaluates_fewer_times_and_counts_its_steps_in_tens():
     planned, why = budget.plan(cfg, None, seconds_per_step=0.2, seconds_per_evaluation=0.0)
     assert (planned.steps, planned.eval_every) == (270, 13)
     assert "20 evaluations." in why
-    # A step count the user's own --eval-every decides is not second-guessed.
+    # The user's own --eval-every is kept, and its evaluations are paid for: 50 ms a step plus 3 s every 100
+    # steps is 80 ms a step, so 54 s hold 670 steps and 6 evaluations.
     mine = TrainConfig(dataset="digits", minutes=1, eval_every=100, device="cpu").resolved()
     planned, why = budget.plan(mine, None, seconds_per_step=0.05, seconds_per_evaluation=3.0)
-    assert planned.eval_every == 100 and "would take over" not in why
+    assert (planned.steps, planned.eval_every) == (670, 100)
+    assert "670 steps" in why and "6 evaluations." in why and "would take over" not in why
     # A CPU preset under a tight cap does the same: 1 minute for the Fashion-MNIST preset's 5000 steps.
     preset = TrainConfig(dataset="fashion-mnist", max_minutes=1, device="cpu").resolved()
     capped, why = budget.cap(preset, None, seconds_per_step=0.05, seconds_per_evaluation=3.0)

@@ -179,7 +179,10 @@ def plan(
     if seconds_per_step is None:
         seconds_per_step, seconds_per_evaluation = time_run(sized, data)
     evaluations = _evaluations_that_fit(minutes, EVALUATIONS, seconds_per_evaluation)
-    steps = _steps_that_fit(minutes, seconds_per_step, evaluations, seconds_per_evaluation)
+    if sized.eval_every is not None:  # the user's interval: each step brings its share of an evaluation
+        steps = _steps_that_fit(minutes, seconds_per_step + seconds_per_evaluation / sized.eval_every, 0, 0.0)
+    else:
+        steps = _steps_that_fit(minutes, seconds_per_step, evaluations, seconds_per_evaluation)
     fewer = {} if evaluations == EVALUATIONS or sized.eval_every is not None else {"eval_every": steps // evaluations}
     planned = complete(dataclasses.replace(sized, steps=steps, minutes=None, **fewer))
     evaluations = max(1, planned.steps // planned.eval_every)
