@@ -10,8 +10,9 @@ eager `Trainer.train_step`, each round with its own fp32 matmul peak (bench/cpu.
     python bench/whole_step.py
     python bench/whole_step.py --cpp-wrapper   # inductor's C++ wrapper instead of its Python one
 
-On the 2-core EPYC (results/perf.md) the compiled step was 2-19% slower than the eager one in every round,
-with either wrapper, so the library compiles nothing below 20,000 steps (`--compile auto`).
+On the 2-core EPYC (results/perf.md) the compiled step was 11-29% slower than the eager one in every round,
+with either wrapper, and slower in a process of its own too, so the library compiles nothing below 20,000
+steps (`--compile auto`).
 """
 
 from __future__ import annotations

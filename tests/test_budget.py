@@ -117,6 +117,8 @@ def test_a_tight_budget_evaluates_fewer_times_and_counts_its_steps_in_tens():
     planned, why = budget.plan(cfg, None, seconds_per_step=0.2, seconds_per_evaluation=0.0)
     assert (planned.steps, planned.eval_every) == (270, 13)
     assert "20 evaluations." in why
+    # An evaluation under a second is shown as such, not as 0 s.
+    assert "5 ms a step and 0.08 s an evaluation" in budget.plan(cfg, None, 0.005, 0.08)[1]
     # The user's own --eval-every is kept, and its evaluations are paid for: 50 ms a step plus 3 s every 100
     # steps is 80 ms a step, so 54 s hold 670 steps and 6 evaluations.
     mine = TrainConfig(dataset="digits", minutes=1, eval_every=100, device="cpu").resolved()

@@ -102,13 +102,18 @@ def _steps_that_fit(minutes: float, seconds_per_step: float, evaluations: int, s
     return max(MIN_STEPS, steps // unit * unit)
 
 
+def _seconds(seconds: float) -> str:
+    """Whole seconds, or one significant digit below 1 s (an evaluation of the digits test split is 0.1 s)."""
+    return f"{seconds:.0f}" if seconds >= 1 or seconds == 0 else f"{seconds:.1g}"
+
+
 def _fewer_evaluations(kept: int, wanted: int, seconds_per_evaluation: float) -> str:
     """Why a run evaluates fewer than `wanted` times, for the plan's paragraph ('' where it does not)."""
     if kept >= wanted:
         return ""
     return (
-        f" ({wanted} evaluations of {seconds_per_evaluation:.0f} s would take over {EVAL_SHARE:.0%} of the budget; "
-        f"the median of the last 20 is over the {kept} there are)"
+        f" ({wanted} evaluations of {_seconds(seconds_per_evaluation)} s would take over {EVAL_SHARE:.0%} of the "
+        f"budget; the median of the last 20 is over the {kept} there are)"
     )
 
 
@@ -147,7 +152,7 @@ def cap(
     )
     why = (
         f"{cfg.dataset} on {pick_device(cfg.device).type}: {cfg.steps} steps at "
-        f"{seconds_per_step * 1000:.0f} ms a step and {seconds_per_evaluation:.0f} s an evaluation (measured) "
+        f"{seconds_per_step * 1000:.0f} ms a step and {_seconds(seconds_per_evaluation)} s an evaluation (measured) "
         f"would take {(cfg.steps * seconds_per_step + evaluations * seconds_per_evaluation) / 60:.0f} minutes, "
         f"over its {cfg.max_minutes:g}-minute cap: training {fit} steps, lambda_u ramped up over "
         f"{capped.rampup_steps}, evaluated every {capped.eval_every}"
@@ -190,7 +195,7 @@ def plan(
         f"{cfg.dataset} on {device}: {'' if cfg.minutes is not None else 'no --steps given, so '}"
         f"{minutes:g} minute{'' if minutes == 1 else 's'} of training: model {planned.arch}, "
         f"{seconds_per_step * 1000:.0f} ms a step and "
-        f"{seconds_per_evaluation:.0f} s an evaluation (measured), "
+        f"{_seconds(seconds_per_evaluation)} s an evaluation (measured), "
         f"{steps} steps, lambda_u {planned.lambda_u:g} ramped up over {planned.rampup_steps} steps, "
         f"{planned.schedule} learning rate, "
         f"distribution alignment {'on' if planned.distribution_alignment else 'off'}, {evaluations} evaluation"
