@@ -172,6 +172,13 @@ def threads(n: int) -> str:
     return f"{n} thread{'s' if n > 1 else ''}"
 
 
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        return cpuinfo.read_text().split("model name")[1].split("\n")[0].strip(": \t")
+    return platform.processor()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["digits", "fashion", "wrn10_1", "wrn28_2"],
@@ -186,8 +193,7 @@ def main() -> None:
     peaks = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
     report: dict[str, Any] = dict(
         command="python bench/cpu.py " + " ".join(sys.argv[1:]),
-        cpu=Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": \t")
-        if Path("/proc/cpuinfo").exists() else platform.processor(),
+        cpu=cpu_name(),
         bf16_units=cpu_has_bf16(), threads=torch.get_num_threads(), torch=torch.__version__,
         matmul_gflops=peaks, models={},
     )

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +48,12 @@ def test_cpu_bench_runs_tiny_and_gives_each_round_its_own_peak(tmp_path):
         assert len(per_round) == 2 and entry["fraction_of_fp32_peak"] == pytest.approx(sum(per_round) / 2)
         if not entry["bf16"]:  # one figure for an fp32 path, not a second one against the start's peak
             assert entry["fraction_of_own_peak"] == entry["fraction_of_fp32_peak"]
+
+
+@pytest.mark.skipif(not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")), reason="no C++ compiler")
+def test_whole_step_bench_compiles_the_loss_and_runs_the_librarys_step():
+    cmd = [sys.executable, str(BENCH / "whole_step.py"), "--steps", "2", "--rounds", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "bf16 units: " in done.stdout and "1 thread, torch" in done.stdout
+    assert done.stdout.count("compiled/eager") == 1
