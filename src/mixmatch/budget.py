@@ -183,14 +183,15 @@ def plan(
     sized = complete(cfg)
     if seconds_per_step is None:
         seconds_per_step, seconds_per_evaluation = time_run(sized, data)
-    evaluations = _evaluations_that_fit(minutes, EVALUATIONS, seconds_per_evaluation)
     if sized.eval_every is not None:  # the user's interval: each step brings its share of an evaluation
         steps = _steps_that_fit(minutes, seconds_per_step + seconds_per_evaluation / sized.eval_every, 0, 0.0)
+        eval_every, fewer = sized.eval_every, ""
     else:
-        steps = _steps_that_fit(minutes, seconds_per_step, evaluations, seconds_per_evaluation)
-    fewer = {} if evaluations == EVALUATIONS or sized.eval_every is not None else {"eval_every": steps // evaluations}
-    planned = complete(dataclasses.replace(sized, steps=steps, minutes=None, **fewer))
-    evaluations = max(1, planned.steps // planned.eval_every)
+        kept = _evaluations_that_fit(minutes, EVALUATIONS, seconds_per_evaluation)
+        steps = _steps_that_fit(minutes, seconds_per_step, kept, seconds_per_evaluation)
+        eval_every, fewer = max(1, steps // kept), _fewer_evaluations(kept, EVALUATIONS, seconds_per_evaluation)
+    planned = complete(dataclasses.replace(sized, steps=steps, minutes=None, eval_every=eval_every))
+    evaluations = max(1, steps // eval_every)
     why = (
         f"{cfg.dataset} on {device}: {'' if cfg.minutes is not None else 'no --steps given, so '}"
         f"{minutes:g} minute{'' if minutes == 1 else 's'} of training: model {planned.arch}, "
@@ -200,7 +201,7 @@ def plan(
         f"{planned.schedule} learning rate, "
         f"distribution alignment {'on' if planned.distribution_alignment else 'off'}, {evaluations} evaluation"
         f"{'' if evaluations == 1 else 's'}"
-        f"{_fewer_evaluations(evaluations, EVALUATIONS, seconds_per_evaluation) if fewer else ''}. "
+        f"{fewer}. "
         f"Train longer with --minutes {4 * minutes:g}, or set --steps."
     )
     return planned, why
