@@ -13,16 +13,20 @@ Each step's FLOPs are counted by torch.utils.flop_counter; the peak is a 2048^3 
 product measured in the same run, with the same threads, and the fp32 peak again after every round of
 the paths, so that a fraction compares a step with the peak of the same minutes. `--busy` also times the
 fp32 digits step beside one busy process (a Python loop that spins), with torch's own thread count and
-with `--threads auto`.
+with `--threads auto`. `--jobs N` times the fp32 digits step in N processes of one thread each, side by side
+(how `mixmatch compare` and `ablate` train a grid on a CPU, mixmatch.grid), against one process of torch's
+threads, alternating rounds: the machine's steps per second either way, as a fraction of the same rounds' peak.
 
     python bench/cpu.py --json results/perf-cpu-epyc-bf16.json
     python bench/cpu.py --models digits --busy
+    python bench/cpu.py --models digits --jobs 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
 import statistics
 import subprocess
@@ -168,6 +172,65 @@ def busy(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def _side_by_side_worker(connection: Any, steps: int, warmup: int) -> None:
+    """One process of one thread: the fp32 digits step, timed `steps` times each time the parent says go."""
+    torch.set_num_threads(1)
+    trainer = make_trainer("digits", "fp32", threads=1)
+    timed_steps(trainer, warmup)
+    connection.send("ready")
+    while connection.recv() == "go":
+        connection.send(timed_steps(trainer, steps))
+
+
+def side_by_side(args: argparse.Namespace, gflop: float) -> dict[str, Any]:
+    """The fp32 digits step in `args.jobs` one-thread processes at once against one process of torch's threads.
+
+    Each round: the single process's steps, then all workers' steps at once, then the fp32 peak (with torch's
+    threads). The machine's rate is one step over the median step time for the single process, and the sum
+    of that over the workers side by side; each is divided by the round's peak, and medians over rounds are
+    reported.
+    """
+    own = torch.get_num_threads()
+    single = make_trainer("digits", "fp32")
+    timed_steps(single, args.warmup)
+    context = multiprocessing.get_context("spawn")
+    pipes, workers = [], []
+    for _ in range(args.jobs):
+        parent, child = context.Pipe()
+        workers.append(context.Process(target=_side_by_side_worker, args=(child, args.steps, args.warmup)))
+        workers[-1].start()
+        pipes.append(parent)
+    try:
+        assert all(p.recv() == "ready" for p in pipes)
+        rounds: list[dict[str, float]] = []
+        for _ in range(args.rounds):
+            one = 1 / statistics.median(timed_steps(single, args.steps))
+            for p in pipes:
+                p.send("go")
+            many = sum(1 / statistics.median(p.recv()) for p in pipes)
+            peak = matmul_gflops(torch.float32, trials=1)
+            rounds.append(dict(peak=peak, one_steps_per_s=one, side_by_side_steps_per_s=many))
+    finally:
+        for p in pipes:
+            p.send("stop")
+        for w in workers:
+            w.join()
+    one = [r["one_steps_per_s"] * gflop / r["peak"] for r in rounds]
+    many = [r["side_by_side_steps_per_s"] * gflop / r["peak"] for r in rounds]
+    return dict(
+        jobs=args.jobs,
+        torch_threads=own,
+        rounds=rounds,
+        one_process_ms_per_step=1000 / statistics.median(r["one_steps_per_s"] for r in rounds),
+        side_by_side_ms_per_machine_step=1000 / statistics.median(r["side_by_side_steps_per_s"] for r in rounds),
+        one_process_fraction_of_fp32_peak=statistics.median(one),
+        side_by_side_fraction_of_fp32_peak=statistics.median(many),
+        side_by_side_over_one_process=statistics.median(
+            r["side_by_side_steps_per_s"] / r["one_steps_per_s"] for r in rounds
+        ),
+    )
+
+
 def threads(n: int) -> str:
     return f"{n} thread{'s' if n > 1 else ''}"
 
@@ -187,6 +250,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=4, help="alternations of the paths")
     parser.add_argument("--busy", action="store_true", help="also time the digits step beside a busy process")
+    parser.add_argument("--jobs", type=int, default=0,
+                        help="also time the fp32 digits step in this many one-thread processes side by side")
     parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
     args = parser.parse_args()
 
@@ -215,6 +280,14 @@ def main() -> None:
               f"({100 * b['busy_speed_as_fraction_of_quiet']['torch']:.0f}% of quiet speed); "
               f"--threads auto ({threads(b['auto_threads_when_busy'])}) {b['busy_ms']['auto']:.1f} ms "
               f"({100 * b['busy_speed_as_fraction_of_quiet']['auto']:.0f}% of quiet speed)")
+    if args.jobs:
+        gflop = step_gflop(make_trainer("digits", "fp32"))
+        j = report["side_by_side"] = side_by_side(args, gflop)
+        one, many = 100 * j["one_process_fraction_of_fp32_peak"], 100 * j["side_by_side_fraction_of_fp32_peak"]
+        print(f"digits fp32 step, the machine's rate: one process of {threads(j['torch_threads'])} "
+              f"{j['one_process_ms_per_step']:.1f} ms a step ({one:.1f}% of the fp32 peak); {j['jobs']} processes "
+              f"of 1 thread side by side {j['side_by_side_ms_per_machine_step']:.1f} ms a step ({many:.1f}%, "
+              f"{j['side_by_side_over_one_process']:.2f}x; medians of {len(j['rounds'])} rounds)")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
 

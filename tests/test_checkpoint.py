@@ -102,6 +102,27 @@ def test_sigterm_saves_a_checkpoint_and_says_where(tmp_path):
     assert not (run / "summary.json").exists()
 
 
+def test_a_stopped_grid_saves_each_running_run_and_starts_no_other(tmp_path):
+    """SIGTERM to a compare grid in two workers: both runs stop with a checkpoint, the third never starts."""
+    grid = tmp_path / "grid"
+    args = ["compare", "--steps", "100000", "--batch-size", "16", "--log-every", "10", "--checkpoint-every", "0",
+            "--compile", "off", "--methods", "mixmatch", "supervised", "fully-supervised", "--jobs", "2",
+            "--threads", "1", "--out", str(grid)]
+    process = subprocess.Popen(cli(*args), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = [grid / f"{method}-seed0" / "metrics.jsonl" for method in ("mixmatch", "supervised")]
+    wait_for(lambda: all(log.is_file() and log.stat().st_size > 0 for log in logs) or process.poll() is not None)
+    process.send_signal(signal.SIGTERM)  # to the parent alone: it passes the stop on
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("mixmatch: stopped by SIGTERM: 2 runs saved a checkpoint (continue each with "), stderr
+    assert line.endswith("), 1 not started")
+    for method in ("mixmatch", "supervised"):
+        run = grid / f"{method}-seed0"
+        assert str(run) in line and len(R.checkpoints(run)) == 1 and not (run / "summary.json").exists()
+    assert not (grid / "fully-supervised-seed0" / "metrics.jsonl").exists()
+
+
 def config(tmp_path, **overrides) -> TrainConfig:
     values = dict(steps=20, batch_size=16, eval_every=10, log_every=5, progress=False, amp="off")
     values.update(out=str(tmp_path / "run"), **overrides)

@@ -170,13 +170,16 @@ class StopSignals:
     """Turns SIGINT and SIGTERM into a flag the training loop polls, so it stops at a step boundary.
 
     A second signal of the same kind acts as it would without this (a second Ctrl-C interrupts at
-    once). Outside the main thread, where Python cannot install handlers, it does nothing.
+    once). Outside the main thread, where Python cannot install handlers, it does nothing. A signal that
+    the process took before entering and deferred (`deferred`: a grid's worker, between and before its
+    runs, mixmatch.grid) counts as received on entry, so the loop stops after its first step.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    deferred = 0
 
     def __init__(self) -> None:
-        self.received = 0
+        self.received = StopSignals.deferred
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignals:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from .config import GROUPS, METHODS, PRESETS, ConfigError, TrainConfig, field_types
+from .grid import WorkerDied, run_grid
 
 # The data flags that say which labelled subset a run takes; the rest of the data group says which images load.
 SPLIT_FIELDS = ("labeled_split", "num_labels")
@@ -100,6 +101,23 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"mixmatch: error: {message} (see `{self.prog} --help`)\n")
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_jobs_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=None,
+        help="runs trained at a time, each in its own process (default auto: on a CPU one per idle CPU, or per "
+        "--threads CPUs; on a GPU 1)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="mixmatch", description="MixMatch semi-supervised image classification")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     compare.add_argument("--seeds", nargs="+", type=int, default=[0])
     compare.add_argument("--out", default=None, help="folder for the runs and results (default runs/compare-...)")
+    add_jobs_flag(compare)
     compare.set_defaults(func=run_compare)
 
     from .ablate import ABLATIONS
@@ -129,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--ablations", nargs="+", default=list(ABLATIONS), help=f"of: {', '.join(ABLATIONS)}")
     ablate.add_argument("--seeds", nargs="+", type=int, default=[0])
     ablate.add_argument("--out", default=None, help="folder for the runs and results (default runs/ablate-...)")
+    add_jobs_flag(ablate)
     ablate.set_defaults(func=run_ablate)
 
     report = commands.add_parser("report", help="Markdown table and PNG curves of finished run folders")
@@ -221,42 +241,6 @@ def run_train(args: argparse.Namespace) -> None:
         print(json.dumps(summary, indent=2))
 
 
-def run_grid(configs: list[TrainConfig], out: Path, key: str) -> str:
-    """Train each config in turn, one line each on stderr, then report the runs grouped by config `key`.
-
-    Returns the Markdown table; results.md, results.json and curves.png go to `out` (mixmatch.report).
-    """
-    from .budget import DEVICE_FIELDS, cap, needs_budget, plan
-    from .report import report
-    from .splits import load_for_config
-    from .train import train
-
-    configs = [cfg.resolved().validate() for cfg in configs]
-    # One budget or cap for the grid, timed on its slowest method, so that every run trains as many steps.
-    slowest = next((cfg for cfg in configs if cfg.method == "mixmatch"), configs[0])
-    fitted, why = None, None
-    if any(needs_budget(cfg) for cfg in configs):
-        fitted, why = plan(slowest, load_for_config(slowest))
-    elif any(cfg.max_minutes is not None for cfg in configs):
-        fitted, why = cap(slowest, load_for_config(slowest))
-    if fitted is not None:
-        if why is not None:
-            print(f"mixmatch: {why} Every run of this grid trains the same number of steps (timed on its "
-                  f"{slowest.method} runs).", file=sys.stderr)
-        fixed = {name: getattr(fitted, name) for name in ("steps", "rampup_steps", "eval_every", *DEVICE_FIELDS)}
-        # Fitted once here: no run may time itself again (and so pick other steps). Each keeps its cap, so its
-        # config.json says what shortened it.
-        configs = [dataclasses.replace(cfg, **fixed, minutes=None) for cfg in configs]
-    for cfg in configs:
-        summary = train(cfg, fitted=fitted is not None)
-        print(
-            f"{getattr(cfg, key):>16} seed {cfg.seed}: test accuracy {100 * summary['test_accuracy']:.2f}% "
-            f"in {summary['wall_seconds']:.0f} s",
-            file=sys.stderr,
-        )
-    return report([cfg.out for cfg in configs], out, key=key)
-
-
 def run_compare(args: argparse.Namespace) -> None:
     base = config_from_args(args, out=None).resolved()
     out = Path(args.out or f"runs/compare-{base.dataset}-{base.num_labels or 'all'}")
@@ -266,7 +250,7 @@ def run_compare(args: argparse.Namespace) -> None:
         for seed in args.seeds
         for method in args.methods
     ]
-    print(run_grid(configs, out, key="method"))
+    print(run_grid(configs, out, key="method", jobs=args.jobs))
     print(f"\nruns, results.md and curves.png in {out}")
 
 
@@ -275,7 +259,7 @@ def run_ablate(args: argparse.Namespace) -> None:
 
     base = config_from_args(args, out=None).resolved()
     out = Path(args.out or f"runs/ablate-{base.dataset}-{base.num_labels}")
-    table = paper_column(run_grid(ablation_configs(base, args.ablations, args.seeds, out), out, key="tag"))
+    table = paper_column(run_grid(ablation_configs(base, args.ablations, args.seeds, out), out, "tag", args.jobs))
     (out / "results.md").write_text(table + "\n")
     print(table + f"\n\nruns, results.md and curves.png in {out}")
 
@@ -397,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingInterrupted as stop:
         print(f"mixmatch: {stop}", file=sys.stderr)
         return 128 + stop.signum
-    except (DataError, CheckpointError, TrainingDiverged, ValueError, FileNotFoundError) as error:
+    except (DataError, CheckpointError, TrainingDiverged, WorkerDied, ValueError, FileNotFoundError) as error:
         if os.environ.get("MIXMATCH_DEBUG"):
             raise
         message = config_error_line(error, args) if isinstance(error, ConfigError) else str(error)

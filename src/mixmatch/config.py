@@ -237,6 +237,9 @@ class ConfigError(ValueError):
         super().__init__(message)
         self.field = field
 
+    def __reduce__(self) -> tuple:  # whole across processes (a grid's worker raises it in the parent)
+        return type(self), (self.field, str(self))
+
 
 def field_types() -> dict[str, Any]:
     """Each TrainConfig field's type, without the None that means 'take the preset'."""

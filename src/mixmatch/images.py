@@ -60,6 +60,9 @@ class ImageError(DataError):
         super().__init__(message)
         self.reason = reason
 
+    def __reduce__(self) -> tuple:  # whole across processes (a grid's worker raises it in the parent)
+        return type(self), (str(self), self.reason)
+
 
 def is_image_file(path: str | Path) -> bool:
     """Whether a file's suffix is one of IMAGE_SUFFIXES."""

@@ -64,6 +64,9 @@ class TrainingInterrupted(RuntimeError):
         super().__init__(message)
         self.signum = signum
 
+    def __reduce__(self) -> tuple:  # whole across processes (a grid's worker raises it in the parent)
+        return type(self), (str(self), self.signum)
+
 
 def decayed_parameters(model: nn.Module) -> list[Tensor]:
     """Conv and linear weights: the official code decays 'kernel' variables only, not biases or BatchNorm."""

@@ -1,0 +1,190 @@
+"""A grid of runs (`compare`, `ablate`): fitted to one budget, trained side by side on the CPU, then reported.
+
+A small model's step cannot keep two threads busy: it is many operations on tensors of a few hundred
+kilobytes, and torch's threads meet at the end of each one. Two runs in two processes of one thread each
+get through a grid about 1.8x faster than one run after another with two threads (the digits MixMatch run:
+45 s for two side by side against 43 s for one, results/perf.md). So on a CPU a grid trains its runs in
+worker processes (`--jobs`), which split the idle CPUs between them; a run computes the same either way,
+with as many threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import signal
+import sys
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig
+
+
+class WorkerDied(RuntimeError):
+    """A worker process of a grid ended without a result (killed, or out of memory); the message says which run."""
+
+
+def pick_jobs(jobs: int | None, runs: int, threads: int | None, device: str) -> tuple[int, int | None]:
+    """(worker processes, CPU threads each) for a grid of `runs` runs.
+
+    jobs, threads: the user's --jobs and --threads, None for auto. auto on a CPU: the idle CPUs (at most
+    torch's thread count, runtime.pick_threads) shared out, one run per CPU (or per `threads` CPUs), each
+    worker with an equal share of them. On a GPU, under torchrun, or for one run, auto is 1 worker: the runs
+    go one after another in this process, with `threads` as given. A given `jobs` is kept, up to `runs`.
+    """
+    from .distributed import ProcessGroup
+    from .runtime import pick_threads
+
+    if jobs is None and (device != "cpu" or runs < 2 or ProcessGroup.from_env().enabled):
+        return 1, threads
+    cpus = pick_threads(None)
+    if jobs is None:
+        jobs = max(1, cpus // (threads or 1))
+    jobs = max(1, min(jobs, runs))
+    if jobs == 1:
+        return 1, threads
+    return jobs, threads or max(1, cpus // jobs)
+
+
+def run_grid(configs: list[TrainConfig], out: Path, key: str, jobs: int | None = None) -> str:
+    """Train each config, `jobs` at a time (pick_jobs; None: auto), one line each on stderr as it ends, then
+    report the runs grouped by config `key`.
+
+    Returns the Markdown table; results.md, results.json and curves.png go to `out` (mixmatch.report). Raises
+    the first run's error after the runs already training have ended (no new run starts), TrainingInterrupted
+    where SIGINT or SIGTERM stopped it (every run that was training saved a checkpoint), WorkerDied where a
+    worker process ended without a result.
+    """
+    import torch
+
+    from .budget import DEVICE_FIELDS, cap, needs_budget, plan
+    from .report import report
+    from .runtime import pick_device
+    from .splits import load_for_config
+
+    configs = [cfg.resolved().validate() for cfg in configs]
+    jobs, threads = pick_jobs(jobs, len(configs), configs[0].threads, pick_device(configs[0].device).type)
+    # One budget or cap for the grid, timed on its slowest method with a worker's threads, so that every run
+    # trains as many steps.
+    slowest = next((cfg for cfg in configs if cfg.method == "mixmatch"), configs[0])
+    fitted, why = None, None
+    own_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or own_threads)
+    try:
+        if any(needs_budget(cfg) for cfg in configs):
+            fitted, why = plan(slowest, load_for_config(slowest))
+        elif any(cfg.max_minutes is not None for cfg in configs):
+            fitted, why = cap(slowest, load_for_config(slowest))
+    finally:
+        torch.set_num_threads(own_threads)
+    if fitted is not None:
+        if why is not None:
+            print(f"mixmatch: {why} Every run of this grid trains the same number of steps (timed on its "
+                  f"{slowest.method} runs).", file=sys.stderr)
+        fixed = {name: getattr(fitted, name) for name in ("steps", "rampup_steps", "eval_every", *DEVICE_FIELDS)}
+        # Fitted once here: no run may time itself again (and so pick other steps). Each keeps its cap, so its
+        # config.json says what shortened it.
+        configs = [dataclasses.replace(cfg, **fixed, minutes=None) for cfg in configs]
+    if jobs == 1:
+        for cfg in configs:
+            _print_line(cfg, key, _train(cfg, fitted is not None))
+    else:
+        print(f"mixmatch: {len(configs)} runs, {jobs} at a time in worker processes of {threads} CPU thread"
+              f"{'' if threads == 1 else 's'} each (--jobs 1: one after another)", file=sys.stderr)
+        # No progress bars: several would overwrite each other's line.
+        workers = [dataclasses.replace(cfg, threads=threads, progress=False) for cfg in configs]
+        _in_workers(workers, fitted is not None, jobs, key)
+    return report([cfg.out for cfg in configs], out, key=key)
+
+
+def _train(cfg: TrainConfig, fitted: bool) -> dict[str, Any] | None:
+    """Train `cfg`; in a worker that a signal has told to stop, do not start (None)."""
+    from .checkpoint import StopSignals
+    from .train import TrainingInterrupted, train
+
+    if StopSignals.deferred:
+        return None
+    try:
+        return train(cfg, fitted=fitted)
+    except TrainingInterrupted as stop:  # the run's own handler took the signal: the next run must not start
+        StopSignals.deferred = stop.signum
+        raise
+
+
+def _print_line(cfg: TrainConfig, key: str, summary: dict[str, Any]) -> None:
+    print(
+        f"{getattr(cfg, key):>16} seed {cfg.seed}: test accuracy {100 * summary['test_accuracy']:.2f}% "
+        f"in {summary['wall_seconds']:.0f} s",
+        file=sys.stderr,
+    )
+
+
+def _worker_start() -> None:
+    from .checkpoint import StopSignals
+
+    def defer(signum: int, frame: object) -> None:
+        StopSignals.deferred = signum
+
+    # A Ctrl-C reaches every process of the terminal's group, and the parent forwards a stop as SIGTERM. A
+    # worker never dies of either: during a run its own handler (checkpoint.StopSignals) stops it at a step
+    # boundary with a checkpoint; in setup, the run stops after its first step; between runs, none starts.
+    for sig in StopSignals.SIGNALS:
+        signal.signal(sig, defer)
+
+
+def _in_workers(configs: list[TrainConfig], fitted: bool, jobs: int, key: str) -> None:
+    """Train `configs` in `jobs` spawned worker processes (a fork would inherit torch's OpenMP threads);
+    see run_grid for what it raises."""
+    from .checkpoint import StopSignals
+    from .train import TrainingInterrupted
+
+    errors: list[BaseException] = []
+    stopped: list[TrainingInterrupted] = []
+    not_started = 0
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_start) as pool, StopSignals() as signals:
+        # MixMatch runs first: a step of theirs costs 2-3 baseline steps, and a long run started last would
+        # leave the other workers idle at the end.
+        first = sorted(configs, key=lambda cfg: cfg.method != "mixmatch")
+        pending: dict[Future, TrainConfig] = {pool.submit(_train, cfg, fitted): cfg for cfg in first}
+        forwarded = False
+        while pending:
+            done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            if (signals.received or errors) and not forwarded:
+                forwarded = True  # no new run starts; on a signal, the running ones save a checkpoint and stop
+                for future in pending:
+                    future.cancel()
+                if signals.received:
+                    for child in multiprocessing.active_children():
+                        os.kill(child.pid, signal.SIGTERM)
+            for future in done:
+                cfg = pending.pop(future)
+                if future.cancelled():
+                    not_started += 1
+                    continue
+                error = future.exception()
+                if error is None and future.result() is None:
+                    not_started += 1
+                elif error is None:
+                    _print_line(cfg, key, future.result())
+                elif isinstance(error, TrainingInterrupted):
+                    stopped.append(error)
+                elif isinstance(error, BrokenProcessPool):
+                    errors.append(WorkerDied(f"a worker process died (killed, or out of memory?) while the grid "
+                                             f"trained {cfg.out}; the finished runs are in their folders"))
+                else:
+                    errors.append(error)
+    if stopped or signals.received:
+        signum = signals.received or stopped[0].signum
+        saved = "; ".join(str(stop).split("mixmatch train --resume ")[-1] for stop in stopped)
+        raise TrainingInterrupted(
+            f"stopped by {signal.Signals(signum).name}: {len(stopped)} run{'' if len(stopped) == 1 else 's'} saved "
+            f"a checkpoint{f' (continue each with mixmatch train --resume DIR: {saved})' if stopped else ''}, "
+            f"{not_started} not started",
+            signum,
+        )
+    if errors:
+        raise errors[0]

@@ -1,0 +1,112 @@
+"""A grid of runs (compare, ablate) in worker processes: how many, the same runs as one after another, errors."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from mixmatch import runtime
+from mixmatch.checkpoint import CheckpointError
+from mixmatch.cli import main
+from mixmatch.config import ConfigError
+from mixmatch.dataset import DataError
+from mixmatch.grid import WorkerDied, pick_jobs
+from mixmatch.images import ImageError
+from mixmatch.train import TrainingDiverged, TrainingInterrupted
+
+
+@pytest.fixture
+def cpus(monkeypatch):
+    """Pretend this machine has `n` idle CPUs and torch `n` threads."""
+    threads = torch.get_num_threads()
+
+    def set_cpus(n: int) -> None:
+        torch.set_num_threads(n)
+        monkeypatch.setattr(runtime, "free_cpus", lambda interval=0.1: float(n))
+
+    yield set_cpus
+    torch.set_num_threads(threads)
+
+
+def test_auto_gives_each_idle_cpu_a_run_and_splits_the_rest(cpus):
+    cpus(2)
+    assert pick_jobs(None, 9, None, "cpu") == (2, 1)
+    cpus(8)
+    assert pick_jobs(None, 9, None, "cpu") == (8, 1)
+    assert pick_jobs(None, 3, None, "cpu") == (3, 2)  # 8 CPUs over 3 runs: 2 threads each
+    assert pick_jobs(None, 9, 4, "cpu") == (2, 4)  # the user's --threads: 8 CPUs hold 2 such runs
+
+
+def test_auto_runs_one_after_another_where_side_by_side_cannot_pay(cpus, monkeypatch):
+    cpus(1)
+    assert pick_jobs(None, 9, None, "cpu") == (1, None)  # one idle CPU (or OMP_NUM_THREADS=1)
+    cpus(8)
+    assert pick_jobs(None, 1, None, "cpu") == (1, None)
+    assert pick_jobs(None, 9, None, "cuda") == (1, None)
+    assert pick_jobs(None, 9, 2, "cuda") == (1, 2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert pick_jobs(None, 9, None, "cpu") == (1, None)  # under torchrun
+
+
+def test_a_given_jobs_is_kept_up_to_the_runs(cpus):
+    cpus(2)
+    assert pick_jobs(4, 9, None, "cpu") == (4, 1)
+    assert pick_jobs(4, 3, None, "cpu") == (3, 1)
+    assert pick_jobs(1, 9, 2, "cpu") == (1, 2)
+    assert pick_jobs(2, 9, 3, "cpu") == (2, 3)
+
+
+def records(run) -> list[dict]:
+    """metrics.jsonl without its wall-clock times."""
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in lines]
+
+
+def test_side_by_side_trains_the_same_runs_as_one_after_another(tmp_path, capsys):
+    args = ["compare", "--steps", "20", "--eval-every", "10", "--log-every", "5", "--amp", "off", "--threads", "1",
+            "--methods", "mixmatch", "supervised", "--seeds", "0", "1"]
+    assert main([*args, "--jobs", "1", "--no-progress", "--out", str(tmp_path / "one")]) == 0
+    assert main([*args, "--jobs", "2", "--out", str(tmp_path / "two")]) == 0
+    err = capsys.readouterr().err
+    assert "mixmatch: 4 runs, 2 at a time in worker processes of 1 CPU thread each" in err
+    assert err.count("test accuracy") == 8
+    for run in ("mixmatch-seed0", "mixmatch-seed1", "supervised-seed0", "supervised-seed1"):
+        assert records(tmp_path / "one" / run) == records(tmp_path / "two" / run), run
+        config = json.loads((tmp_path / "two" / run / "config.json").read_text())
+        assert config["threads"] == 1 and config["progress"] is False
+    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert [r["accuracies"] for r in one] == [r["accuracies"] for r in two]
+
+
+def test_an_error_in_a_worker_is_one_line(tmp_path, capsys):
+    argv = ["compare", "--steps", "30", "--rampup-steps", "10", "--lr", "1e30", "--methods", "mixmatch", "supervised",
+            "--threads", "1", "--jobs", "2", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("mixmatch: 2 runs, 2 at a time") and len(err) == 2, err
+    assert err[1].startswith("mixmatch: error: loss became nan at step ")
+
+
+def test_jobs_below_one_is_one_line(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["ablate", "--jobs", "0"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith("mixmatch: error: argument --jobs: must be >= 1, got 0 (see")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConfigError("lambda_u", "lambda_u must be >= 0, got -1"),
+        ImageError("a.png: not an image", "not an image"),
+        TrainingInterrupted("stopped by SIGTERM at step 3", 15),
+        DataError("no images"),
+        CheckpointError("not a checkpoint"),
+        TrainingDiverged("loss became nan"),
+        WorkerDied("a worker process died"),
+    ],
+)
+def test_errors_cross_from_a_worker_whole(error):
+    back = pickle.loads(pickle.dumps(error))
+    assert type(back) is type(error) and str(back) == str(error) and vars(back) == vars(error)
