@@ -110,3 +110,35 @@ def test_jobs_below_one_is_one_line(capsys):
 def test_errors_cross_from_a_worker_whole(error):
     back = pickle.loads(pickle.dumps(error))
     assert type(back) is type(error) and str(back) == str(error) and vars(back) == vars(error)
+
+
+def test_a_cap_that_would_cut_side_by_side_runs_keeps_them_one_after_another(tmp_path, cpus, monkeypatch, capsys):
+    from mixmatch import budget, grid
+
+    cpus(2)
+    # On one thread a step takes 30 s (the 1-minute cap would cut 400 steps to 100), on two a millisecond.
+    monkeypatch.setattr(budget, "time_run", lambda cfg, data: (30.0 if torch.get_num_threads() == 1 else 0.001, 0.0))
+    trained = []
+    monkeypatch.setattr(grid, "_train", lambda cfg, fitted: trained.append(cfg) or {"test_accuracy": 0.5,
+                                                                                    "wall_seconds": 1.0})
+    monkeypatch.setattr("mixmatch.report.report", lambda runs, out, key: "table")
+    args = ["compare", "--max-minutes", "1", "--steps", "400", "--amp", "off", "--methods", "mixmatch",
+            "supervised", "--seeds", "0", "--out", str(tmp_path)]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "the runs train one after another: side by side, on 1 CPU thread each, the cap would cut them to 100" in err
+    assert [cfg.steps for cfg in trained] == [400, 400] and "at a time" not in err
+
+
+def test_a_budgeted_grid_gives_each_run_the_whole_machine(tmp_path, cpus, monkeypatch, capsys):
+    from mixmatch import budget, grid
+
+    cpus(2)
+    threads = []
+    monkeypatch.setattr(budget, "time_run", lambda cfg, data: (threads.append(torch.get_num_threads()) or 0.01, 0.0))
+    monkeypatch.setattr(grid, "_train", lambda cfg, fitted: {"test_accuracy": 0.5, "wall_seconds": 1.0})
+    monkeypatch.setattr("mixmatch.report.report", lambda runs, out, key: "table")
+    args = ["compare", "--minutes", "0.1", "--amp", "off", "--methods", "mixmatch", "supervised", "--seeds", "0",
+            "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert threads == [2] and "at a time" not in capsys.readouterr().err

@@ -5,7 +5,9 @@ kilobytes, and torch's threads meet at the end of each one. Two runs in two proc
 get through a grid about 1.8x faster than one run after another with two threads (the digits MixMatch run:
 45 s for two side by side against 43 s for one, results/perf.md). So on a CPU a grid trains its runs in
 worker processes (`--jobs`), which split the idle CPUs between them; a run computes the same either way,
-with as many threads.
+with as many threads. Where side by side would cost the runs steps, auto keeps them one after another: a
+time budget (`--minutes`, a folder's preset) gives each run the whole machine for its minutes, and a CPU
+preset's cap (`max_minutes`) that would cut the runs on one thread but not on all is timed on all.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def pick_jobs(jobs: int | None, runs: int, threads: int | None, device: str) -> 
     torch's thread count, runtime.pick_threads) shared out, one run per CPU (or per `threads` CPUs), each
     worker with an equal share of them. On a GPU, under torchrun, or for one run, auto is 1 worker: the runs
     go one after another in this process, with `threads` as given. A given `jobs` is kept, up to `runs`.
+    (run_grid also keeps budgeted grids, and capped ones that side by side would cut, one after another.)
     """
     from .distributed import ProcessGroup
     from .runtime import pick_threads
@@ -58,28 +61,29 @@ def run_grid(configs: list[TrainConfig], out: Path, key: str, jobs: int | None =
     where SIGINT or SIGTERM stopped it (every run that was training saved a checkpoint), WorkerDied where a
     worker process ended without a result.
     """
-    import torch
-
-    from .budget import DEVICE_FIELDS, cap, needs_budget, plan
+    from .budget import DEVICE_FIELDS, needs_budget
     from .report import report
     from .runtime import pick_device
-    from .splits import load_for_config
 
     configs = [cfg.resolved().validate() for cfg in configs]
-    jobs, threads = pick_jobs(jobs, len(configs), configs[0].threads, pick_device(configs[0].device).type)
-    # One budget or cap for the grid, timed on its slowest method with a worker's threads, so that every run
-    # trains as many steps.
+    own = configs[0].threads
+    auto = jobs is None
+    jobs, threads = pick_jobs(jobs, len(configs), own, pick_device(configs[0].device).type)
+    if auto and any(needs_budget(cfg) for cfg in configs):
+        # A budget is minutes a run: each run gets the whole machine for them, as one after another always did.
+        jobs, threads = 1, own
+    # One budget or cap for the grid, timed on its slowest method with the threads its runs will have, so
+    # that every run trains as many steps.
     slowest = next((cfg for cfg in configs if cfg.method == "mixmatch"), configs[0])
-    fitted, why = None, None
-    own_threads = torch.get_num_threads()
-    torch.set_num_threads(threads or own_threads)
-    try:
-        if any(needs_budget(cfg) for cfg in configs):
-            fitted, why = plan(slowest, load_for_config(slowest))
-        elif any(cfg.max_minutes is not None for cfg in configs):
-            fitted, why = cap(slowest, load_for_config(slowest))
-    finally:
-        torch.set_num_threads(own_threads)
+    fitted, why = _fitted(configs, slowest, threads)
+    if auto and jobs > 1 and fitted is not None and fitted.steps < slowest.steps:
+        # The cap would shorten the runs on a worker's threads: side by side only if one after another would too.
+        alone, alone_why = _fitted(configs, slowest, own)
+        if alone is not None and alone.steps > fitted.steps:
+            print(f"mixmatch: the runs train one after another: side by side, on {threads} CPU thread"
+                  f"{'' if threads == 1 else 's'} each, the cap would cut them to {fitted.steps} steps",
+                  file=sys.stderr)
+            jobs, threads, fitted, why = 1, own, alone, alone_why
     if fitted is not None:
         if why is not None:
             print(f"mixmatch: {why} Every run of this grid trains the same number of steps (timed on its "
@@ -98,6 +102,31 @@ def run_grid(configs: list[TrainConfig], out: Path, key: str, jobs: int | None =
         workers = [dataclasses.replace(cfg, threads=threads, progress=False) for cfg in configs]
         _in_workers(workers, fitted is not None, jobs, key)
     return report([cfg.out for cfg in configs], out, key=key)
+
+
+def _fitted(
+    configs: list[TrainConfig], slowest: TrainConfig, threads: int | None
+) -> tuple[TrainConfig | None, str | None]:
+    """The grid's budget (budget.plan) or cap (budget.cap), timed on `slowest` with `threads` CPU threads
+    (None: auto, as a run would take); (None, None) where neither applies."""
+    import torch
+
+    from .budget import cap, needs_budget, plan
+    from .runtime import pick_threads
+    from .splits import load_for_config
+
+    if any(needs_budget(cfg) for cfg in configs):
+        fit = plan
+    elif any(cfg.max_minutes is not None for cfg in configs):
+        fit = cap
+    else:
+        return None, None
+    own = torch.get_num_threads()
+    torch.set_num_threads(pick_threads(threads))
+    try:
+        return fit(slowest, load_for_config(slowest))
+    finally:
+        torch.set_num_threads(own)
 
 
 def _train(cfg: TrainConfig, fitted: bool) -> dict[str, Any] | None:
