@@ -7,10 +7,11 @@ same minutes of the machine. The settings:
     default      as README gives it (the runs train side by side on a CPU, mixmatch.grid)
     amp-off      the default of a CPU without bf16 units (fp32, channels_last)
     stand-in     `--amp off --channels-last off`: the speed issue's stand-in for such a CPU
-    one-by-one   `--amp off --jobs 1`: the runs one after another, as before side by side
+    one-by-one   `--jobs 1`: the runs one after another with all threads, as before side by side
+    one-by-one-fp32   `--amp off --jobs 1`: the same in fp32
 
     python bench/main_job.py --json results/perf-main-job-epyc.json
-    python bench/main_job.py --settings amp-off one-by-one --rounds 2
+    python bench/main_job.py --settings default one-by-one --rounds 2
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ SETTINGS = {
     "default": [],
     "amp-off": ["--amp", "off"],
     "stand-in": ["--amp", "off", "--channels-last", "off"],
-    "one-by-one": ["--amp", "off", "--jobs", "1"],
+    "one-by-one": ["--jobs", "1"],
+    "one-by-one-fp32": ["--amp", "off", "--jobs", "1"],
 }
 
 
@@ -73,7 +75,7 @@ def main() -> None:
                 seconds, side = main_job(SETTINGS[name], Path(scratch) / f"{name}-{round_}", args)
                 report["settings"][name]["seconds"].append(seconds)
                 report["settings"][name]["side_by_side"] = side.removeprefix("mixmatch: ")
-                print(f"  {name:>10} {' '.join(SETTINGS[name]) or '(README)':<36} {seconds // 60:.0f} min "
+                print(f"  {name:>15} {' '.join(SETTINGS[name]) or '(README)':<36} {seconds // 60:.0f} min "
                       f"{seconds % 60:4.1f} s   {side.removeprefix('mixmatch: ') or 'one after another'}", flush=True)
     for entry in report["settings"].values():
         entry["median_seconds"] = statistics.median(entry["seconds"])

@@ -62,7 +62,7 @@ def test_main_job_bench_times_the_whole_command_per_setting(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "2"})
     assert done.returncode == 0, done.stderr[-2000:]
     settings = json.loads(out.read_text())["settings"]
-    assert settings["one-by-one"]["flags"] == ["--amp", "off", "--jobs", "1"]
+    assert settings["one-by-one"]["flags"] == ["--jobs", "1"]
     assert settings["one-by-one"]["side_by_side"] == "" and "one after another" in done.stdout
     for entry in settings.values():
         assert len(entry["seconds"]) == 1 and entry["median_seconds"] == entry["seconds"][0] > 0

@@ -102,25 +102,36 @@ def test_sigterm_saves_a_checkpoint_and_says_where(tmp_path):
     assert not (run / "summary.json").exists()
 
 
-def test_a_stopped_grid_saves_each_running_run_and_starts_no_other(tmp_path):
-    """SIGTERM to a compare grid in two workers: both runs stop with a checkpoint, the third never starts."""
-    grid = tmp_path / "grid"
-    args = ["compare", "--steps", "100000", "--batch-size", "16", "--log-every", "10", "--checkpoint-every", "0",
-            "--compile", "off", "--methods", "mixmatch", "supervised", "fully-supervised", "--jobs", "2",
-            "--threads", "1", "--out", str(grid)]
-    process = subprocess.Popen(cli(*args), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def test_a_stopped_grid_saves_each_running_run_and_resume_finishes_it_as_if_never_stopped(tmp_path):
+    """SIGTERM to a compare grid in two workers: both runs stop with a checkpoint and the third never starts;
+    `--resume` then finishes the grid with the results of one that was never stopped."""
+    grid, whole = tmp_path / "grid", tmp_path / "whole"
+    args = ["compare", "--steps", "600", "--eval-every", "200", "--batch-size", "16", "--log-every", "10",
+            "--checkpoint-every", "0", "--methods", "mixmatch", "supervised", "fully-supervised", "--jobs", "2",
+            "--threads", "1", *EXACT]
+    process = subprocess.Popen(cli(*args, "--out", str(grid)), env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
     logs = [grid / f"{method}-seed0" / "metrics.jsonl" for method in ("mixmatch", "supervised")]
     wait_for(lambda: all(log.is_file() and log.stat().st_size > 0 for log in logs) or process.poll() is not None)
     process.send_signal(signal.SIGTERM)  # to the parent alone: it passes the stop on
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143, stderr
     line = stderr.strip().splitlines()[-1]
-    assert line.startswith("mixmatch: stopped by SIGTERM: 2 runs saved a checkpoint (continue each with "), stderr
-    assert line.endswith("), 1 not started")
+    assert line.startswith("mixmatch: stopped by SIGTERM: 2 runs saved a checkpoint ("), stderr
+    assert line.endswith("), 1 not started; finish the grid: the same command with --resume")
     for method in ("mixmatch", "supervised"):
         run = grid / f"{method}-seed0"
         assert str(run) in line and len(R.checkpoints(run)) == 1 and not (run / "summary.json").exists()
     assert not (grid / "fully-supervised-seed0" / "metrics.jsonl").exists()
+
+    for out, extra in ((grid, ["--resume"]), (whole, [])):
+        done = subprocess.run(cli(*args, *extra, "--out", str(out)), env=ENV, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    finished, uninterrupted = (json.loads((out / "results.json").read_text()) for out in (grid, whole))
+    assert [r["accuracies"] for r in finished] == [r["accuracies"] for r in uninterrupted]
+    for method in ("mixmatch", "supervised", "fully-supervised"):
+        a, b = (C.safe_load(R.checkpoints(out / f"{method}-seed0")[-1]) for out in (grid, whole))
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), method
 
 
 def config(tmp_path, **overrides) -> TrainConfig:

@@ -88,11 +88,22 @@ def test_an_error_in_a_worker_is_one_line(tmp_path, capsys):
     assert err[1].startswith("mixmatch: error: loss became nan at step ")
 
 
-def test_jobs_below_one_is_one_line(capsys):
+@pytest.mark.parametrize("value", ["0", "-2", "abc", "1.5"])
+def test_jobs_that_is_no_count_is_one_line(value, capsys):
     with pytest.raises(SystemExit) as stop:
-        main(["ablate", "--jobs", "0"])
+        main(["ablate", "--jobs", value])
     assert stop.value.code == 2
-    assert capsys.readouterr().err.startswith("mixmatch: error: argument --jobs: must be >= 1, got 0 (see")
+    err = capsys.readouterr().err
+    assert err.startswith(f"mixmatch: error: argument --jobs: expected a whole number >= 1 or auto, got {value!r} (see")
+
+
+def test_auto_is_a_value_of_jobs_and_threads():
+    from mixmatch.cli import build_parser
+
+    args = build_parser().parse_args(["compare", "--jobs", "auto", "--threads", "auto"])
+    assert args.jobs is None and args.threads is None
+    args = build_parser().parse_args(["compare", "--jobs", "3", "--threads", "2"])
+    assert args.jobs == 3 and args.threads == 2
 
 
 @pytest.mark.parametrize(
@@ -119,7 +130,7 @@ def test_a_cap_that_would_cut_side_by_side_runs_keeps_them_one_after_another(tmp
     # On one thread a step takes 30 s (the 1-minute cap would cut 400 steps to 100), on two a millisecond.
     monkeypatch.setattr(budget, "time_run", lambda cfg, data: (30.0 if torch.get_num_threads() == 1 else 0.001, 0.0))
     trained = []
-    monkeypatch.setattr(grid, "_train", lambda cfg, fitted: trained.append(cfg) or {"test_accuracy": 0.5,
+    monkeypatch.setattr(grid, "_train", lambda cfg, fitted, again: trained.append(cfg) or {"test_accuracy": 0.5,
                                                                                     "wall_seconds": 1.0})
     monkeypatch.setattr("mixmatch.report.report", lambda runs, out, key: "table")
     args = ["compare", "--max-minutes", "1", "--steps", "400", "--amp", "off", "--methods", "mixmatch",
@@ -136,9 +147,42 @@ def test_a_budgeted_grid_gives_each_run_the_whole_machine(tmp_path, cpus, monkey
     cpus(2)
     threads = []
     monkeypatch.setattr(budget, "time_run", lambda cfg, data: (threads.append(torch.get_num_threads()) or 0.01, 0.0))
-    monkeypatch.setattr(grid, "_train", lambda cfg, fitted: {"test_accuracy": 0.5, "wall_seconds": 1.0})
+    monkeypatch.setattr(grid, "_train", lambda cfg, fitted, again: {"test_accuracy": 0.5, "wall_seconds": 1.0})
     monkeypatch.setattr("mixmatch.report.report", lambda runs, out, key: "table")
     args = ["compare", "--minutes", "0.1", "--amp", "off", "--methods", "mixmatch", "supervised", "--seeds", "0",
             "--out", str(tmp_path)]
     assert main(args) == 0
     assert threads == [2] and "at a time" not in capsys.readouterr().err
+
+
+def test_a_stopped_run_needs_resume_and_resume_needs_the_grids_own_flags(tmp_path, capsys):
+    grid = tmp_path / "grid"
+    args = ["compare", "--steps", "20", "--eval-every", "10", "--amp", "off", "--methods", "supervised", "--seeds",
+            "0", "1", "--jobs", "1", "--threads", "1", "--no-progress", "--out", str(grid)]
+    assert main(args) == 0
+    (grid / "supervised-seed1" / "summary.json").unlink()  # as a run stopped after its last checkpoint
+    capsys.readouterr()
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"mixmatch: error: {grid / 'supervised-seed1'} holds a stopped run (a checkpoint at step 20): finish the "
+        "grid with --resume, or give another --out")
+    assert main([*args, "--lr", "0.01", "--resume"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"mixmatch: error: --resume: {grid / 'supervised-seed0'} was started with --lr 0.002, not 0.01; give the "
+        "grid's own flags, or drop --resume to start it afresh")
+    assert main([*args, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "supervised seed 0: test accuracy" in err and err.count("(kept)") == 1  # seed 1 continued
+    assert (grid / "supervised-seed1" / "summary.json").is_file()
+    assert main([*args, "--resume"]) == 0
+    assert capsys.readouterr().err.count("(kept)") == 2
+
+
+def test_a_resumed_run_shows_progress_as_the_command_asks_not_as_its_worker_saved(tmp_path):
+    from mixmatch.cli import build_parser, train_config
+
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "4", "--eval-every", "4", "--no-progress", "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["progress"] is False  # as a grid's worker saves it
+    assert train_config(build_parser().parse_args(["train", "--resume", str(run)])).progress is True
+    assert train_config(build_parser().parse_args(["train", "--resume", str(run), "--no-progress"])).progress is False

@@ -139,6 +139,10 @@ def check_compatible(saved: dict[str, Any], expected: dict[str, Any], path: str 
         raise CheckpointError(f"checkpoint {path} holds {describe(saved)}; this run builds {describe(expected)}")
 
 
+# What a resumed run may change: where and how it continues, not what it computes.
+RESUME_OVERRIDES = ("device", "progress", "data_dir", "download", "threads")
+
+
 def run_config(run_dir: str | Path) -> TrainConfig:
     """The config a run folder was started with (its config.json), for --resume."""
     path = Path(run_dir) / R.CONFIG

@@ -24,8 +24,6 @@ from .grid import WorkerDied, run_grid
 
 # The data flags that say which labelled subset a run takes; the rest of the data group says which images load.
 SPLIT_FIELDS = ("labeled_split", "num_labels")
-# What --resume may change: where and how the run continues, not what it computes.
-RESUME_OVERRIDES = ("device", "progress", "data_dir", "download", "threads")
 
 
 def flag(name: str) -> str:
@@ -66,6 +64,8 @@ def add_config_flags(
                 group.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=default, help=help_text)
             elif get_origin(kind) is Literal:
                 group.add_argument(flag(f.name), default=default, choices=get_args(kind), help=help_text)
+            elif f.name == "threads":  # None is auto
+                group.add_argument(flag(f.name), type=int_or_auto, default=default, help=help_text)
             else:
                 group.add_argument(flag(f.name), type=kind, default=default, help=help_text)
 
@@ -101,20 +101,39 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"mixmatch: error: {message} (see `{self.prog} --help`)\n")
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+def int_or_auto(text: str) -> int | None:
+    """A flag's whole number, or None for `auto` (--threads, whose range TrainConfig.validate checks)."""
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or auto, got {text!r}") from None
+
+
+def count_or_auto(text: str) -> int | None:
+    """--jobs: a whole number >= 1, or None for `auto`."""
+    value = int_or_auto(text) if text.lstrip("-").isdigit() or text == "auto" else 0
+    if value is not None and value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 or auto, got {text!r}")
     return value
 
 
-def add_jobs_flag(parser: argparse.ArgumentParser) -> None:
+def add_grid_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish a stopped grid in --out: finished runs are kept, stopped ones continue from their newest "
+        "checkpoint, the rest start (the flags must be the grid's own)",
+    )
     parser.add_argument(
         "--jobs",
-        type=positive_int,
+        type=count_or_auto,
         default=None,
-        help="runs trained at a time, each in its own process (default auto: on a CPU one per idle CPU, or per "
-        "--threads CPUs; on a GPU 1)",
+        help="runs trained at a time, each in its own process with its share of the CPUs (default auto: on a "
+        "CPU one run per idle CPU, or per --threads CPUs, so each trains on one thread, and the accuracies "
+        "are those of one thread; 1 on a GPU, and 1 where side by side would cost the runs steps: under "
+        "--minutes, or a cap that would cut them)",
     )
 
 
@@ -129,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         default=None,
         help="continue RUN_DIR from its newest checkpoint, with its config.json (only --device, --progress, "
-        "--data-dir, --download may change)",
+        "--data-dir, --download, --threads may change)",
     )
     train.set_defaults(func=run_train)
 
@@ -138,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     compare.add_argument("--seeds", nargs="+", type=int, default=[0])
     compare.add_argument("--out", default=None, help="folder for the runs and results (default runs/compare-...)")
-    add_jobs_flag(compare)
+    add_grid_flags(compare)
     compare.set_defaults(func=run_compare)
 
     from .ablate import ABLATIONS
@@ -148,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--ablations", nargs="+", default=list(ABLATIONS), help=f"of: {', '.join(ABLATIONS)}")
     ablate.add_argument("--seeds", nargs="+", type=int, default=[0])
     ablate.add_argument("--out", default=None, help="folder for the runs and results (default runs/ablate-...)")
-    add_jobs_flag(ablate)
+    add_grid_flags(ablate)
     ablate.set_defaults(func=run_ablate)
 
     report = commands.add_parser("report", help="Markdown table and PNG curves of finished run folders")
@@ -219,7 +238,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     """The flags' config, or with --resume the run folder's own config.json."""
     if args.resume is None:
         return config_from_args(args)
-    from .checkpoint import run_config
+    from .checkpoint import RESUME_OVERRIDES, run_config
 
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     changed = [name for name, default in defaults.items() if getattr(args, name) != default]
@@ -229,6 +248,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
             f"--resume continues {args.resume} with its own config.json; drop {', '.join(map(flag, refused))}"
         )
     overrides = {name: getattr(args, name) for name in changed}
+    # A progress bar is this terminal's, not the run's: a grid's worker saved progress=False.
+    overrides["progress"] = args.progress
     return dataclasses.replace(run_config(args.resume), out=str(args.resume), **overrides).validate()
 
 
@@ -250,7 +271,7 @@ def run_compare(args: argparse.Namespace) -> None:
         for seed in args.seeds
         for method in args.methods
     ]
-    print(run_grid(configs, out, key="method", jobs=args.jobs))
+    print(run_grid(configs, out, key="method", jobs=args.jobs, resume=args.resume))
     print(f"\nruns, results.md and curves.png in {out}")
 
 
@@ -259,7 +280,9 @@ def run_ablate(args: argparse.Namespace) -> None:
 
     base = config_from_args(args, out=None).resolved()
     out = Path(args.out or f"runs/ablate-{base.dataset}-{base.num_labels}")
-    table = paper_column(run_grid(ablation_configs(base, args.ablations, args.seeds, out), out, "tag", args.jobs))
+    table = paper_column(
+        run_grid(ablation_configs(base, args.ablations, args.seeds, out), out, "tag", args.jobs, args.resume)
+    )
     (out / "results.md").write_text(table + "\n")
     print(table + f"\n\nruns, results.md and curves.png in {out}")
 

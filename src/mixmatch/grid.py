@@ -2,8 +2,8 @@
 
 A small model's step cannot keep two threads busy: it is many operations on tensors of a few hundred
 kilobytes, and torch's threads meet at the end of each one. Two runs in two processes of one thread each
-get through a grid about 1.8x faster than one run after another with two threads (the digits MixMatch run:
-45 s for two side by side against 43 s for one, results/perf.md). So on a CPU a grid trains its runs in
+have no such meeting points: on a 2-core CPU README's main job (nine digits runs) took 2 min 21 s so in
+fp32, against 3 min 33 s one after another with two threads (results/perf.md). So on a CPU a grid trains its runs in
 worker processes (`--jobs`), which split the idle CPUs between them; a run computes the same either way,
 with as many threads. Where side by side would cost the runs steps, auto keeps them one after another: a
 time budget (`--minutes`, a folder's preset) gives each run the whole machine for its minutes, and a CPU
@@ -13,6 +13,7 @@ preset's cap (`max_minutes`) that would cut the runs on one thread but not on al
 from __future__ import annotations
 
 import dataclasses
+import json
 import multiprocessing
 import os
 import signal
@@ -20,9 +21,13 @@ import sys
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import runfolder as R
 from .config import TrainConfig
+
+if TYPE_CHECKING:
+    from .dataset import ImageDataset
 
 
 class WorkerDied(RuntimeError):
@@ -52,38 +57,51 @@ def pick_jobs(jobs: int | None, runs: int, threads: int | None, device: str) -> 
     return jobs, threads or max(1, cpus // jobs)
 
 
-def run_grid(configs: list[TrainConfig], out: Path, key: str, jobs: int | None = None) -> str:
+def run_grid(
+    configs: list[TrainConfig], out: Path, key: str, jobs: int | None = None, resume: bool = False
+) -> str:
     """Train each config, `jobs` at a time (pick_jobs; None: auto), one line each on stderr as it ends, then
     report the runs grouped by config `key`.
 
-    Returns the Markdown table; results.md, results.json and curves.png go to `out` (mixmatch.report). Raises
-    the first run's error after the runs already training have ended (no new run starts), TrainingInterrupted
-    where SIGINT or SIGTERM stopped it (every run that was training saved a checkpoint), WorkerDied where a
-    worker process ended without a result.
+    With `resume`, runs already in their folders are taken up (_saved_runs): finished ones are kept, stopped
+    ones continue from their newest checkpoint with their own config.json, and the rest start with the steps
+    those were fitted to. Returns the Markdown table; results.md, results.json and curves.png go to `out`
+    (mixmatch.report). Raises ValueError, before anything trains, for a stopped run without `resume` or a
+    run folder of other settings with it; then the first run's error after the runs already training have
+    ended (no new run starts), TrainingInterrupted where SIGINT or SIGTERM stopped it (every run that was
+    training saved a checkpoint), WorkerDied where a worker process ended without a result.
     """
     from .budget import DEVICE_FIELDS, needs_budget
     from .report import report
     from .runtime import pick_device
+    from .splits import load_for_config
+    from .train import TrainingInterrupted
 
     configs = [cfg.resolved().validate() for cfg in configs]
+    saved = _saved_runs(configs, resume)
     own = configs[0].threads
     auto = jobs is None
     jobs, threads = pick_jobs(jobs, len(configs), own, pick_device(configs[0].device).type)
     if auto and any(needs_budget(cfg) for cfg in configs):
         # A budget is minutes a run: each run gets the whole machine for them, as one after another always did.
         jobs, threads = 1, own
-    # One budget or cap for the grid, timed on its slowest method with the threads its runs will have, so
-    # that every run trains as many steps.
     slowest = next((cfg for cfg in configs if cfg.method == "mixmatch"), configs[0])
-    fitted, why = _fitted(configs, slowest, threads)
-    if auto and jobs > 1 and fitted is not None and fitted.steps < slowest.steps:
-        # The cap would shorten the runs on a worker's threads: side by side only if one after another would too.
-        alone, alone_why = _fitted(configs, slowest, own)
-        if alone is not None and alone.steps > fitted.steps:
-            print(f"mixmatch: the runs train one after another: side by side, on {threads} CPU thread"
-                  f"{'' if threads == 1 else 's'} each, the cap would cut them to {fitted.steps} steps",
-                  file=sys.stderr)
-            jobs, threads, fitted, why = 1, own, alone, alone_why
+    # Loaded here once: a data error ends the grid in one line before any worker starts.
+    data = load_for_config(slowest) if jobs > 1 else None
+    if saved:  # fitted when the grid began: its runs say to what
+        fitted, why = next(iter(saved.values()))[0], None
+    else:
+        # One budget or cap for the grid, timed on its slowest method with the threads its runs will have, so
+        # that every run trains as many steps.
+        fitted, why = _fitted(configs, slowest, threads, data)
+        if auto and jobs > 1 and fitted is not None and fitted.steps < slowest.steps:
+            # The cap would cut the runs on a worker's threads: side by side only if one after another would too.
+            alone, alone_why = _fitted(configs, slowest, own, data)
+            if alone is not None and alone.steps > fitted.steps:
+                print(f"mixmatch: the runs train one after another: side by side, on {threads} CPU thread"
+                      f"{'' if threads == 1 else 's'} each, the cap would cut them to {fitted.steps} steps",
+                      file=sys.stderr)
+                jobs, threads, fitted, why = 1, own, alone, alone_why
     if fitted is not None:
         if why is not None:
             print(f"mixmatch: {why} Every run of this grid trains the same number of steps (timed on its "
@@ -92,23 +110,78 @@ def run_grid(configs: list[TrainConfig], out: Path, key: str, jobs: int | None =
         # Fitted once here: no run may time itself again (and so pick other steps). Each keeps its cap, so its
         # config.json says what shortened it.
         configs = [dataclasses.replace(cfg, **fixed, minutes=None) for cfg in configs]
-    if jobs == 1:
-        for cfg in configs:
-            _print_line(cfg, key, _train(cfg, fitted is not None))
+    tasks: list[tuple[TrainConfig, bool]] = []  # (config, continue from a checkpoint)
+    for cfg in configs:
+        run, finished = saved.get(cfg.out, (None, False))
+        if finished:
+            _print_line(cfg, key, json.loads((Path(cfg.out) / R.SUMMARY).read_text()), "kept")
+        elif run is not None:
+            tasks.append((dataclasses.replace(run, progress=cfg.progress), True))
+        else:
+            tasks.append((cfg, False))
+    if jobs == 1 or len(tasks) < 2:
+        for cfg, again in tasks:
+            try:
+                summary = _train(cfg, fitted is not None, again)
+            except TrainingInterrupted as stop:
+                raise TrainingInterrupted(f"{stop}; or finish the grid: {FINISH}", stop.signum) from None
+            _print_line(cfg, key, summary)
     else:
-        print(f"mixmatch: {len(configs)} runs, {jobs} at a time in worker processes of {threads} CPU thread"
-              f"{'' if threads == 1 else 's'} each (--jobs 1: one after another)", file=sys.stderr)
-        # No progress bars: several would overwrite each other's line.
-        workers = [dataclasses.replace(cfg, threads=threads, progress=False) for cfg in configs]
+        print(f"mixmatch: {len(tasks)} runs, {jobs} at a time in worker processes of {threads} CPU thread"
+              f"{'' if threads == 1 else 's'} each (--jobs 1 runs them one after another)", file=sys.stderr)
+        # No progress bars: several would overwrite each other's line. A run taken up keeps its own threads.
+        workers = [(dataclasses.replace(cfg, threads=cfg.threads if again else threads, progress=False), again)
+                   for cfg, again in tasks]
         _in_workers(workers, fitted is not None, jobs, key)
     return report([cfg.out for cfg in configs], out, key=key)
 
 
+FINISH = "the same command with --resume"
+
+
+def _saved_runs(configs: list[TrainConfig], resume: bool) -> dict[str | None, tuple[TrainConfig, bool]]:
+    """The grid's runs already in their folders, {out: (its config.json, finished)}: with `resume`, every
+    finished (summary.json) or stopped (checkpoints) one, after checking that it was started with the grid's
+    settings; without, none, and a stopped run is refused (a fresh start would delete its checkpoints).
+
+    Raises ValueError naming the folder and the first setting that differs, or the stopped run.
+    """
+    from .budget import DEVICE_FIELDS, needs_budget
+    from .checkpoint import RESUME_OVERRIDES, run_config
+
+    saved: dict[str | None, tuple[TrainConfig, bool]] = {}
+    for cfg in configs:
+        folder = Path(str(cfg.out))
+        finished = (folder / R.SUMMARY).is_file()
+        stopped = not finished and bool(R.checkpoints(folder))
+        if not resume:
+            if stopped:
+                step = R.checkpoints(folder)[-1].stem.split("-")[1].lstrip("0") or "0"
+                raise ValueError(f"{folder} holds a stopped run (a checkpoint at step {step}): finish the grid with "
+                                 f"--resume, or give another --out")
+            continue
+        if not (finished or stopped):
+            continue
+        run = run_config(folder)
+        # What fitting picked (the steps under a cap or budget, the model of a folder preset) is the run's.
+        fitted = ("steps", "rampup_steps", "eval_every") if cfg.max_minutes is not None or needs_budget(cfg) else ()
+        skip = {*RESUME_OVERRIDES, "out", "minutes", *fitted}
+        for f in dataclasses.fields(TrainConfig):
+            mine, theirs = getattr(cfg, f.name), getattr(run, f.name)
+            if f.name in skip or (f.name in DEVICE_FIELDS and mine is None) or mine == theirs:
+                continue
+            raise ValueError(f"--resume: {folder} was started with --{f.name.replace('_', '-')} {theirs}, not "
+                             f"{mine}; give the grid's own flags, or drop --resume to start it afresh")
+        saved[cfg.out] = (run, finished)
+    return saved
+
+
 def _fitted(
-    configs: list[TrainConfig], slowest: TrainConfig, threads: int | None
+    configs: list[TrainConfig], slowest: TrainConfig, threads: int | None, data: ImageDataset | None
 ) -> tuple[TrainConfig | None, str | None]:
-    """The grid's budget (budget.plan) or cap (budget.cap), timed on `slowest` with `threads` CPU threads
-    (None: auto, as a run would take); (None, None) where neither applies."""
+    """The grid's budget (budget.plan) or cap (budget.cap), timed on `slowest` (and `data`, or its data set
+    loaded here) with `threads` CPU threads (None: auto, as a run would take); (None, None) where neither
+    applies."""
     import torch
 
     from .budget import cap, needs_budget, plan
@@ -124,29 +197,30 @@ def _fitted(
     own = torch.get_num_threads()
     torch.set_num_threads(pick_threads(threads))
     try:
-        return fit(slowest, load_for_config(slowest))
+        return fit(slowest, data if data is not None else load_for_config(slowest))
     finally:
         torch.set_num_threads(own)
 
 
-def _train(cfg: TrainConfig, fitted: bool) -> dict[str, Any] | None:
-    """Train `cfg`; in a worker that a signal has told to stop, do not start (None)."""
+def _train(cfg: TrainConfig, fitted: bool, resume: bool = False) -> dict[str, Any] | None:
+    """Train `cfg` (with `resume`, on from its newest checkpoint); in a worker that a signal has told to stop,
+    do not start (None)."""
     from .checkpoint import StopSignals
     from .train import TrainingInterrupted, train
 
     if StopSignals.deferred:
         return None
     try:
-        return train(cfg, fitted=fitted)
+        return train(cfg, resume=resume, fitted=fitted)
     except TrainingInterrupted as stop:  # the run's own handler took the signal: the next run must not start
         StopSignals.deferred = stop.signum
         raise
 
 
-def _print_line(cfg: TrainConfig, key: str, summary: dict[str, Any]) -> None:
+def _print_line(cfg: TrainConfig, key: str, summary: dict[str, Any], note: str = "") -> None:
     print(
         f"{getattr(cfg, key):>16} seed {cfg.seed}: test accuracy {100 * summary['test_accuracy']:.2f}% "
-        f"in {summary['wall_seconds']:.0f} s",
+        f"in {summary['wall_seconds']:.0f} s{f' ({note})' if note else ''}",
         file=sys.stderr,
     )
 
@@ -164,9 +238,9 @@ def _worker_start() -> None:
         signal.signal(sig, defer)
 
 
-def _in_workers(configs: list[TrainConfig], fitted: bool, jobs: int, key: str) -> None:
-    """Train `configs` in `jobs` spawned worker processes (a fork would inherit torch's OpenMP threads);
-    see run_grid for what it raises."""
+def _in_workers(tasks: list[tuple[TrainConfig, bool]], fitted: bool, jobs: int, key: str) -> None:
+    """Train each (config, resume) of `tasks` in `jobs` spawned worker processes (a fork would inherit torch's
+    OpenMP threads); see run_grid for what it raises."""
     from .checkpoint import StopSignals
     from .train import TrainingInterrupted
 
@@ -177,8 +251,8 @@ def _in_workers(configs: list[TrainConfig], fitted: bool, jobs: int, key: str) -
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_start) as pool, StopSignals() as signals:
         # MixMatch runs first: a step of theirs costs 2-3 baseline steps, and a long run started last would
         # leave the other workers idle at the end.
-        first = sorted(configs, key=lambda cfg: cfg.method != "mixmatch")
-        pending: dict[Future, TrainConfig] = {pool.submit(_train, cfg, fitted): cfg for cfg in first}
+        first = sorted(tasks, key=lambda task: task[0].method != "mixmatch")
+        pending: dict[Future, TrainConfig] = {pool.submit(_train, cfg, fitted, again): cfg for cfg, again in first}
         forwarded = False
         while pending:
             done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -211,8 +285,7 @@ def _in_workers(configs: list[TrainConfig], fitted: bool, jobs: int, key: str) -
         saved = "; ".join(str(stop).split("mixmatch train --resume ")[-1] for stop in stopped)
         raise TrainingInterrupted(
             f"stopped by {signal.Signals(signum).name}: {len(stopped)} run{'' if len(stopped) == 1 else 's'} saved "
-            f"a checkpoint{f' (continue each with mixmatch train --resume DIR: {saved})' if stopped else ''}, "
-            f"{not_started} not started",
+            f"a checkpoint{f' ({saved})' if stopped else ''}, {not_started} not started; finish the grid: {FINISH}",
             signum,
         )
     if errors:
