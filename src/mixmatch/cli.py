@@ -113,7 +113,10 @@ def int_or_auto(text: str) -> int | None:
 
 def count_or_auto(text: str) -> int | None:
     """--jobs: a whole number >= 1, or None for `auto`."""
-    value = int_or_auto(text) if text.lstrip("-").isdigit() or text == "auto" else 0
+    try:
+        value = int_or_auto(text)
+    except argparse.ArgumentTypeError:
+        value = 0
     if value is not None and value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1 or auto, got {text!r}")
     return value
