@@ -157,8 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="MixMatch and both baselines on the same split: table + plot")
     add_config_flags(compare, skip=("method", "seed", "out"))
-    compare.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    compare.add_argument("--seeds", nargs="+", type=int, default=[0])
+    compare.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                         help="methods to train on the same labelled split (default: all three)")
+    compare.add_argument("--seeds", nargs="+", type=int, default=[0],
+                         help="seeds: each picks the labelled split and the run's randomness (default: 0)")
     compare.add_argument("--out", default=None, help="folder for the runs and results (default runs/compare-...)")
     add_grid_flags(compare)
     compare.set_defaults(func=run_compare)
@@ -168,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     ablate = commands.add_parser("ablate", help="MixMatch ablations of the paper's table 4 on one setting")
     add_config_flags(ablate, skip=("method", "seed", "out", "tag"))
     ablate.add_argument("--ablations", nargs="+", default=list(ABLATIONS), help=f"of: {', '.join(ABLATIONS)}")
-    ablate.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ablate.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="seeds: each picks the labelled split and the run's randomness (default: 0)")
     ablate.add_argument("--out", default=None, help="folder for the runs and results (default runs/ablate-...)")
     add_grid_flags(ablate)
     ablate.set_defaults(func=run_ablate)
