@@ -169,7 +169,7 @@ def test_a_stopped_run_needs_resume_and_resume_needs_the_grids_own_flags(tmp_pat
     assert main([*args, "--lr", "0.01", "--resume"]) == 2
     assert capsys.readouterr().err.strip() == (
         f"mixmatch: error: --resume: {grid / 'supervised-seed0'} was started with --lr 0.002, not 0.01; give the "
-        "grid's own flags, or drop --resume to start it afresh")
+        "grid's own flags, or another --out to start afresh")
     assert main([*args, "--resume"]) == 0
     err = capsys.readouterr().err
     assert "supervised seed 0: test accuracy" in err and err.count("(kept)") == 1  # seed 1 continued
@@ -186,3 +186,25 @@ def test_a_resumed_run_shows_progress_as_the_command_asks_not_as_its_worker_save
     assert json.loads((run / "config.json").read_text())["progress"] is False  # as a grid's worker saves it
     assert train_config(build_parser().parse_args(["train", "--resume", str(run)])).progress is True
     assert train_config(build_parser().parse_args(["train", "--resume", str(run), "--no-progress"])).progress is False
+
+
+def test_runs_a_resumed_grid_starts_take_the_threads_its_first_runs_had(tmp_path, cpus, monkeypatch, capsys):
+    from mixmatch import grid as G
+
+    grid = tmp_path / "grid"
+
+    def argv(*seeds: str) -> list[str]:
+        return ["compare", "--steps", "20", "--eval-every", "10", "--amp", "off", "--methods", "supervised",
+                "--no-progress", "--out", str(grid), "--resume", "--jobs", "1", "--seeds", *seeds]
+
+    assert main([*argv("0"), "--threads", "1"]) == 0
+    assert "no run of this grid in" in capsys.readouterr().err
+    (grid / "supervised-seed0" / "summary.json").unlink()  # stopped, as a worker of one thread leaves it
+    cpus(2)
+    trained = []
+    monkeypatch.setattr(G, "_train", lambda cfg, fitted, again: trained.append((cfg.seed, cfg.threads, again))
+                        or {"test_accuracy": 0.5, "wall_seconds": 1.0})
+    monkeypatch.setattr("mixmatch.report.report", lambda runs, out, key: "table")
+    # Finished one after another with auto threads: the new seed still trains on the grid's one thread.
+    assert main(argv("0", "1")) == 0
+    assert trained == [(0, 1, True), (1, 1, False)]

@@ -133,10 +133,10 @@ def add_grid_flags(parser: argparse.ArgumentParser) -> None:
         "--jobs",
         type=count_or_auto,
         default=None,
-        help="runs trained at a time, each in its own process with its share of the CPUs (default auto: on a "
-        "CPU one run per idle CPU, or per --threads CPUs, so each trains on one thread, and the accuracies "
-        "are those of one thread; 1 on a GPU, and 1 where side by side would cost the runs steps: under "
-        "--minutes, or a cap that would cut them)",
+        help="runs trained at a time, each in its own process with its share of the CPUs: a whole number (1: "
+        "one after another) or auto (the default: on a CPU one run per idle CPU, so each trains on one thread "
+        "and the accuracies are those of one thread; with --threads N, one run per N idle CPUs; 1 on a GPU, "
+        "and 1 where side by side would cost the runs steps: under --minutes, or a cap that would cut them)",
     )
 
 

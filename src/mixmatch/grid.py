@@ -88,8 +88,11 @@ def run_grid(
     slowest = next((cfg for cfg in configs if cfg.method == "mixmatch"), configs[0])
     # Loaded here once: a data error ends the grid in one line before any worker starts.
     data = load_for_config(slowest) if jobs > 1 else None
-    if saved:  # fitted when the grid began: its runs say to what
+    if resume and not saved:
+        print(f"mixmatch: --resume: no run of this grid in {out} yet; starting it", file=sys.stderr)
+    if saved:  # fitted when the grid began: its runs say to what, and on how many threads
         fitted, why = next(iter(saved.values()))[0], None
+        threads = fitted.threads if fitted.threads is not None else threads
     else:
         # One budget or cap for the grid, timed on its slowest method with the threads its runs will have, so
         # that every run trains as many steps.
@@ -118,7 +121,7 @@ def run_grid(
         elif run is not None:
             tasks.append((dataclasses.replace(run, progress=cfg.progress), True))
         else:
-            tasks.append((cfg, False))
+            tasks.append((cfg if threads is None else dataclasses.replace(cfg, threads=threads), False))
     if jobs == 1 or len(tasks) < 2:
         for cfg, again in tasks:
             try:
@@ -171,7 +174,7 @@ def _saved_runs(configs: list[TrainConfig], resume: bool) -> dict[str | None, tu
             if f.name in skip or (f.name in DEVICE_FIELDS and mine is None) or mine == theirs:
                 continue
             raise ValueError(f"--resume: {folder} was started with --{f.name.replace('_', '-')} {theirs}, not "
-                             f"{mine}; give the grid's own flags, or drop --resume to start it afresh")
+                             f"{mine}; give the grid's own flags, or another --out to start afresh")
         saved[cfg.out] = (run, finished)
     return saved
 
