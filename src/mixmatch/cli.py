@@ -19,16 +19,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from .config import GROUPS, METHODS, PRESETS, ConfigError, TrainConfig, field_types
+from .config import GROUPS, METHODS, PRESETS, ConfigError, TrainConfig, field_types, flag
 from .grid import WorkerDied, run_grid
 
 # The data flags that say which labelled subset a run takes; the rest of the data group says which images load.
 SPLIT_FIELDS = ("labeled_split", "num_labels")
-
-
-def flag(name: str) -> str:
-    """The CLI flag of a TrainConfig field: lambda_u -> --lambda-u."""
-    return "--" + name.replace("_", "-")
 
 
 def add_config_flags(

@@ -241,6 +241,11 @@ class ConfigError(ValueError):
         return type(self), (self.field, str(self))
 
 
+def flag(name: str) -> str:
+    """The CLI flag of a TrainConfig field: lambda_u -> --lambda-u."""
+    return "--" + name.replace("_", "-")
+
+
 def field_types() -> dict[str, Any]:
     """Each TrainConfig field's type, without the None that means 'take the preset'."""
     types = {}

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import runfolder as R
-from .config import TrainConfig
+from .config import TrainConfig, flag
 
 if TYPE_CHECKING:
     from .dataset import ImageDataset
@@ -119,7 +119,7 @@ def run_grid(
         if finished:
             _print_line(cfg, key, json.loads((Path(cfg.out) / R.SUMMARY).read_text()), "kept")
         elif run is not None:
-            tasks.append((dataclasses.replace(run, progress=cfg.progress), True))
+            tasks.append((dataclasses.replace(run, progress=cfg.progress), True))  # on its own threads
         else:
             tasks.append((cfg if threads is None else dataclasses.replace(cfg, threads=threads), False))
     if jobs == 1 or len(tasks) < 2:
@@ -132,9 +132,8 @@ def run_grid(
     else:
         print(f"mixmatch: {len(tasks)} runs, {jobs} at a time in worker processes of {threads} CPU thread"
               f"{'' if threads == 1 else 's'} each (--jobs 1 runs them one after another)", file=sys.stderr)
-        # No progress bars: several would overwrite each other's line. A run taken up keeps its own threads.
-        workers = [(dataclasses.replace(cfg, threads=cfg.threads if again else threads, progress=False), again)
-                   for cfg, again in tasks]
+        # No progress bars: several would overwrite each other's line.
+        workers = [(dataclasses.replace(cfg, progress=False), again) for cfg, again in tasks]
         _in_workers(workers, fitted is not None, jobs, key)
     return report([cfg.out for cfg in configs], out, key=key)
 
@@ -156,10 +155,11 @@ def _saved_runs(configs: list[TrainConfig], resume: bool) -> dict[str | None, tu
     for cfg in configs:
         folder = Path(str(cfg.out))
         finished = (folder / R.SUMMARY).is_file()
-        stopped = not finished and bool(R.checkpoints(folder))
+        checkpoints = [] if finished else R.checkpoints(folder)
+        stopped = bool(checkpoints)
         if not resume:
             if stopped:
-                step = R.checkpoints(folder)[-1].stem.split("-")[1].lstrip("0") or "0"
+                step = int(checkpoints[-1].stem.removeprefix("step-"))
                 raise ValueError(f"{folder} holds a stopped run (a checkpoint at step {step}): finish the grid with "
                                  f"--resume, or give another --out")
             continue
@@ -173,7 +173,7 @@ def _saved_runs(configs: list[TrainConfig], resume: bool) -> dict[str | None, tu
             mine, theirs = getattr(cfg, f.name), getattr(run, f.name)
             if f.name in skip or (f.name in DEVICE_FIELDS and mine is None) or mine == theirs:
                 continue
-            raise ValueError(f"--resume: {folder} was started with --{f.name.replace('_', '-')} {theirs}, not "
+            raise ValueError(f"--resume: {folder} was started with {flag(f.name)} {theirs}, not "
                              f"{mine}; give the grid's own flags, or another --out to start afresh")
         saved[cfg.out] = (run, finished)
     return saved
@@ -248,7 +248,7 @@ def _in_workers(tasks: list[tuple[TrainConfig, bool]], fitted: bool, jobs: int, 
     from .train import TrainingInterrupted
 
     errors: list[BaseException] = []
-    stopped: list[TrainingInterrupted] = []
+    stopped: dict[str | None, TrainingInterrupted] = {}  # by run folder
     not_started = 0
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_start) as pool, StopSignals() as signals:
@@ -277,15 +277,15 @@ def _in_workers(tasks: list[tuple[TrainConfig, bool]], fitted: bool, jobs: int, 
                 elif error is None:
                     _print_line(cfg, key, future.result())
                 elif isinstance(error, TrainingInterrupted):
-                    stopped.append(error)
+                    stopped[cfg.out] = error
                 elif isinstance(error, BrokenProcessPool):
                     errors.append(WorkerDied(f"a worker process died (killed, or out of memory?) while the grid "
                                              f"trained {cfg.out}; the finished runs are in their folders"))
                 else:
                     errors.append(error)
     if stopped or signals.received:
-        signum = signals.received or stopped[0].signum
-        saved = "; ".join(str(stop).split("mixmatch train --resume ")[-1] for stop in stopped)
+        signum = signals.received or next(iter(stopped.values())).signum
+        saved = "; ".join(map(str, stopped))
         raise TrainingInterrupted(
             f"stopped by {signal.Signals(signum).name}: {len(stopped)} run{'' if len(stopped) == 1 else 's'} saved "
             f"a checkpoint{f' ({saved})' if stopped else ''}, {not_started} not started; finish the grid: {FINISH}",
