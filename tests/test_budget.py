@@ -1,5 +1,6 @@
 """A time budget instead of a step count: the folder preset's schedule on a CPU, and --minutes."""
 
+import dataclasses
 import json
 
 import pytest
@@ -56,6 +57,17 @@ def test_given_minutes_ramp_up_and_evaluation_interval_are_kept(folder):
     assert (planned.steps, planned.arch, planned.rampup_steps, planned.eval_every) == (5400, "cnn", 7, 9)
     assert why.startswith("digits on cpu: 1 minute of training")
     assert budget.plan(cfg, None, seconds_per_step=100.0)[0].steps == budget.MIN_STEPS
+
+
+def test_a_budget_below_the_least_a_run_trains_says_how_long_that_takes():
+    cfg = TrainConfig(dataset="digits", minutes=0.1, device="cpu").resolved()
+    planned, why = budget.plan(cfg, None, seconds_per_step=0.2, seconds_per_evaluation=0.5)
+    assert planned.steps == budget.MIN_STEPS == 100
+    # 100 steps at 0.2 s and the 2 evaluations of 0.5 s that fit: 21 s, over the 0.1 minutes (6 s) asked for.
+    assert "100 steps (100 steps is the least a run trains: about 0.35 minutes here, more than the 0.1 asked for)" \
+        in why
+    roomy, why = budget.plan(dataclasses.replace(cfg, minutes=10), None, seconds_per_step=0.2)
+    assert roomy.steps > 100 and "least a run trains" not in why
 
 
 def test_steps_and_minutes_together_and_a_trainer_without_steps_are_refused(tmp_path, digits):

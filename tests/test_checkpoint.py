@@ -81,6 +81,72 @@ def test_sigkill_then_resume_gives_bit_identical_weights(tmp_path):
     assert summary["test_accuracy"] == json.loads((full / "summary.json").read_text())["test_accuracy"]
 
 
+# `mixmatch ARGS...` with runtime.free_cpus, the seam of --threads auto, reporting IDLE CPUs: the load of the moment.
+UNDER_LOAD = (
+    "import sys, mixmatch.runtime as r; idle = float(sys.argv.pop(1)); r.free_cpus = lambda interval=0.1: idle; "
+    "from mixmatch.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def cli_with_idle(idle: int, *args: str) -> list[str]:
+    return [sys.executable, "-c", UNDER_LOAD, str(idle), *args]
+
+
+def test_sigkill_then_resume_under_another_load_keeps_the_threads_and_the_weights(tmp_path):
+    """Default flags (auto threads, precision and memory format): started with 2 idle CPUs, killed, resumed with 1
+    idle; the run keeps the 2 threads its config.json records and ends bit-identical to an uninterrupted one."""
+    env = {**ENV, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    args = ["train", "--steps", "120", "--batch-size", "16", "--log-every", "20", "--eval-every", "60"]
+    args += ["--checkpoint-every", "40", "--no-progress"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    done = subprocess.run(cli_with_idle(2, *args, "--out", str(full)), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    killed = subprocess.Popen(cli_with_idle(2, *args, "--out", str(cut)), env=env, stdout=subprocess.DEVNULL)
+    wait_for(lambda: R.checkpoints(cut) or killed.poll() is not None)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL
+    assert not (cut / "summary.json").exists(), "the run finished before the kill; make it longer"
+    recorded = json.loads((cut / "config.json").read_text())
+    assert recorded["threads"] == 2 and recorded["amp"] in ("bf16", "off") and recorded["channels_last"] == "on"
+    assert recorded["device"] == "cpu" and recorded["compile"] == "off"
+
+    resumed = subprocess.run(cli_with_idle(1, "train", "--resume", str(cut), "--no-progress"), env=env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"mixmatch: continuing {cut} from step 40 of 120 (step-00000040.pt, cpu, 2 CPU threads)" in resumed.stderr
+    a, b = C.safe_load(R.checkpoints(full)[-1]), C.safe_load(R.checkpoints(cut)[-1])
+    assert a["step"] == b["step"] == 120
+    for part in ("model", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after a resume under another load"
+
+
+def test_resume_says_when_the_threads_or_device_differ_from_the_runs_own(finished_run, tmp_path, capsys, caplog,
+                                                                         monkeypatch):
+    from mixmatch.cli import main
+
+    run = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(finished_run), str(run)], check=True)
+    (run / "summary.json").unlink()
+    (R.checkpoints(run)[-1]).unlink()
+    recorded = json.loads((run / "config.json").read_text())["threads"]
+    assert isinstance(recorded, int)
+    other = recorded + 1
+    with caplog.at_level(logging.WARNING):
+        assert main(["train", "--resume", str(run), "--threads", str(other), "--no-progress"]) == 0
+    assert f"computed with --threads {recorded}; continuing with --threads {other}" in caplog.text
+    assert "will not end with the weights of an uninterrupted run" in caplog.text
+    assert f"({R.checkpoints(run)[0].name}, cpu, {other} CPU threads)" in capsys.readouterr().err
+
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "device": "cuda"}))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"mixmatch: error: {run} trained on cuda, and this machine has no CUDA device: continue it on the "
+                   "CPU with --device cpu (not bit-identical to an uninterrupted run)"]
+
+
 def test_sigterm_saves_a_checkpoint_and_says_where(tmp_path):
     run = tmp_path / "run"
     args = ["train", "--steps", "100000", "--batch-size", "16", "--log-every", "10", "--checkpoint-every", "0"]

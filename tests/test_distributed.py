@@ -99,3 +99,13 @@ def test_plain_cuda_becomes_an_indexed_device_before_set_device(monkeypatch, gro
     device = ProcessGroup(*group).device(torch.device("cuda"))
     assert str(device) == expected and chosen == [device] and chosen[0].index is not None
     assert ProcessGroup(0, 1, 0).device(torch.device("cpu")) == torch.device("cpu")
+
+
+def test_under_torchrun_rank_0_alone_says_an_error(monkeypatch, capsys):
+    from mixmatch.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, said in (("1", ""), ("0", "mixmatch: error: --steps must be positive, got 0\n")):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["train", "--steps", "0"]) == 2
+        assert capsys.readouterr().err == said

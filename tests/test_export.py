@@ -191,3 +191,24 @@ def test_damaged_model_files_are_one_line(trained, cli_error, tmp_path):
     (tmp_path / "model.json").write_text(json.dumps({**meta, "num_classes": 3}))
     with pytest.raises(C.CheckpointError, match="does not fit a cnn for 3 classes"):
         E.load_model(broken)
+
+
+def test_predict_skips_an_unreadable_file_in_a_folder_as_training_does(trained, digits, capsys, caplog, tmp_path):
+    _, _, run = trained
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(digits.test_images[i, 0].numpy()).save(folder / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    (folder / "run").mkdir()  # a run folder inside: its figures are not photos
+    (folder / "run" / "config.json").write_text("{}")
+    (folder / "run" / "split.json").write_text("{}")
+    Image.fromarray(digits.test_images[3, 0].numpy()).save(folder / "run" / "curves.png")
+    with caplog.at_level(logging.WARNING):
+        assert main(["predict", "--model", str(run), str(folder), "--csv", str(tmp_path / "p.csv")]) == 0
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert rows[0] == "path,class,confidence" and [r.split(",")[0] for r in rows[1:]] == [
+        str(folder / f"{i}.png") for i in range(3)
+    ]
+    assert f"skipped 1 file(s) that are not readable images: {folder / 'broken.png'} (" in caplog.text
+    assert "wrote 3 predictions" in capsys.readouterr().err

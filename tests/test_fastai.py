@@ -383,3 +383,20 @@ def test_ema_callback_warms_its_decay_up_unless_told_not_to(tmp_path, digits, sp
     assert ema.warmup is warmup and int(ema.updates) == 3
     expected = min(0.999, 4 / 13) if warmup else 0.999
     assert float(ema.current_decay()) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("pool", "shown"),
+    [
+        (lambda x: torch.nn.functional.interpolate(x.float(), size=16).to(torch.uint8), "1 channel of 16x16"),
+        (lambda x: x.repeat(1, 3, 1, 1), "3 channels of 8x8"),
+    ],
+    ids=["size", "channels"],
+)
+def test_an_unlabelled_pool_of_another_size_or_channel_count_is_one_line(tmp_path, digits, split, pool, shown):
+    learn = make_learner(tmp_path, digits, split, iters=2, unlabeled=pool(digits.train_images[:64]))
+    with pytest.raises(ValueError) as caught, learn.no_bar(), learn.no_logging():
+        learn.fit(1, 1e-3)
+    message = str(caught.value).splitlines()[-1].strip()
+    assert message.startswith(f"MixMatchCallback: the unlabelled images ({shown} as given")
+    assert "do not match the labelled batch (1 channel of 8x8): give unlabeled_dl images of the labelled" in message

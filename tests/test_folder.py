@@ -343,7 +343,7 @@ def test_a_cache_of_the_old_decoder_is_not_reused(tmp_path, monkeypatch):
 
     def clipping_decoder(path, size):  # the decoder of version 1: PIL's convert("L") clips I;16 to 255
         with Image.open(path) as image:
-            return np.asarray(image.convert("L").resize((size, size)))
+            return np.asarray(image.convert("L").resize((size, size))), path.name
 
     monkeypatch.setattr(folder_module, "DECODER_VERSION", 1)
     monkeypatch.setattr(folder_module, "_decode", clipping_decoder)
@@ -398,7 +398,8 @@ def test_folder_split_file_names_images_and_survives_new_images(digit_folder, tm
     grown = load_image_folder(digit_folder, image_size=8)
     assert [grown.files[i] for i in read_split(tmp_path / "split.json", grown).tolist()] == names
     (digit_folder / names[0]).unlink()
-    with pytest.raises(DataError, match=f"names 1 images that are not labelled training images here, e.g. {names[0]}"):
+    message = r"names 1 images that are not labelled training images here \(moved, deleted or unreadable\), e.g. "
+    with pytest.raises(DataError, match=message + names[0]):
         read_split(tmp_path / "split.json", load_image_folder(digit_folder, image_size=8))
 
 
@@ -491,3 +492,125 @@ def test_train_on_a_digits_folder_without_shared_data(digit_folder, tmp_path, ca
     summary = json.loads(capsys.readouterr().out)
     assert summary["num_labels"] == 15 and 0 <= summary["test_accuracy"] <= 1
     assert len(json.loads((out / "split.json").read_text())["files"]) == 15
+
+
+# ---- a resumed run labels what its split.json names; nothing the product writes is data ---------------------
+
+
+def stopped_folder_run(root, out, capsys) -> list[str]:
+    """A folder run stopped at step 4 of 8 (its last checkpoint and summary removed); the files its split.json names."""
+    args = ["train", "--dataset", "folder", "--data-dir", str(root), "--image-size", "8", "--arch", "cnn"]
+    args += ["--steps", "8", "--checkpoint-every", "4", "--batch-size", "8", "--num-labels", "20", "--amp", "off"]
+    assert main([*args, "--no-progress", "--out", str(out)]) == 0
+    capsys.readouterr()
+    (out / "summary.json").unlink()
+    (out / "checkpoints" / "step-00000008.pt").unlink()
+    return json.loads((out / "split.json").read_text())["files"]
+
+
+def test_a_resumed_folder_run_labels_the_files_of_its_split_json(digit_folder, tmp_path, capsys, caplog):
+    from mixmatch.checkpoint import run_config
+    from mixmatch.train import Trainer
+
+    out = tmp_path / "run"
+    named = stopped_folder_run(digit_folder, out, capsys)
+    for i in range(6):  # six new photos of one class: a fresh draw of 20 labels picks other files
+        save_png(digit_folder / "labeled" / "digit0" / f"000-new{i}.png", np.full((8, 8), 40 * i, dtype=np.uint8))
+    cfg = run_config(out)
+    grown = load_for_config(cfg)
+    drawn = [grown.files[i] for i in choose_split(grown, 20, cfg.seed).tolist()]
+    assert drawn != named, "the grown folder must draw another subset, or this test shows nothing"
+
+    trainer = Trainer(cfg)
+    with caplog.at_level(logging.WARNING):
+        trainer.resume()
+    assert [trainer.data.files[i] for i in trainer.split.tolist()] == named
+    expected = torch.stack([trainer.data.train_images[trainer.data.files.index(name)] for name in named])
+    assert torch.equal(trainer.labeled_x.cpu(), expected)
+    assert "the data of" in caplog.text and "changed since the run started" in caplog.text
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert f"continuing {out} from step 4 of 8" in capsys.readouterr().err
+
+
+def test_a_resumed_folder_run_whose_labelled_image_is_gone_or_changed_is_one_line(digit_folder, tmp_path, capsys,
+                                                                                   cli_error):
+    out = tmp_path / "run"
+    named = stopped_folder_run(digit_folder, out, capsys)
+    image = digit_folder / named[0]
+    original = image.read_bytes()
+    save_png(image, 255 - np.asarray(Image.open(image)))
+    line = cli_error("train", "--resume", str(out), "--no-progress")
+    assert f"names 1 labelled images that changed since: {named[0]} (its pixels changed)" in line
+    image.unlink()
+    line = cli_error("train", "--resume", str(out), "--no-progress")
+    assert "split.json names 1 images that are not labelled training images here" in line and named[0] in line
+    image.write_bytes(original)
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+
+
+def test_a_labels_csv_that_moves_a_named_image_to_another_class_is_one_line(tmp_path, cli_error, capsys):
+    images, labels = digit_images(60)
+    flat_folder_with_csv(tmp_path, images, labels, [str(c) for c in range(10)], n_labeled=40, n_test=20)
+    split = tmp_path / "split.json"
+    args = ["data", "info", "folder", "--data-dir", str(tmp_path), "--labels-csv", str(tmp_path / "labels.csv")]
+    args += ["--test-csv", str(tmp_path / "test.csv"), "--image-size", "8", "--num-labels", "10"]
+    assert main([*args, "--save-split", str(split)]) == 0
+    first = json.loads(split.read_text())["files"][0]
+    rows = (tmp_path / "labels.csv").read_text().splitlines()
+    moved = [f"{first},{'1' if row.split(',')[1] == '0' else '0'}" if row.startswith(first) else row for row in rows]
+    (tmp_path / "labels.csv").write_text("\n".join(moved) + "\n")
+    line = cli_error(*args[:-2], "--labeled-split", str(split))
+    assert f"names 1 labelled images that changed since: {first} (class" in line
+
+
+def test_run_folders_and_figures_inside_the_data_are_never_read_as_images(tmp_path, capsys):
+    images, labels = digit_images(60)
+    flat_folder_with_csv(tmp_path, images, labels, [str(c) for c in range(10)], n_labeled=40, n_test=0)
+    csv = str(tmp_path / "labels.csv")
+    before = load_image_folder(tmp_path, labels_csv=csv, image_size=8)
+    run = tmp_path / "runs" / "r"  # the default runs/... of a command started inside the image folder
+    args = ["train", "--dataset", "folder", "--data-dir", str(tmp_path), "--labels-csv", csv, "--image-size", "8"]
+    assert main([*args, "--arch", "cnn", "--steps", "2", "--batch-size", "8", "--no-progress", "--out", str(run)]) == 0
+    assert main(["export", str(run)]) == 0
+    assert main(["evaluate", "--model", str(run), "--data-dir", str(tmp_path), "--labels-csv", csv,
+                 "--out", str(tmp_path / "images" / "confusion.png")]) == 0  # a figure among the images themselves
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
+    assert main(["figures", "--out", str(tmp_path / "figures")]) == 0
+    capsys.readouterr()
+    written = sorted(p.name for p in tmp_path.rglob("*.png") if "images" not in p.parts or p.name == "confusion.png")
+    assert written == ["beta.png", "confusion.png", "curves.png", "sharpening.png"]
+    after = load_image_folder(tmp_path, labels_csv=csv, image_size=8)
+    assert after.extra_unlabeled.shape == before.extra_unlabeled.shape and after.shape == before.shape == (1, 8, 8)
+    assert torch.equal(after.extra_unlabeled, before.extra_unlabeled)
+
+
+def test_labels_that_leave_a_class_bare_are_one_line_and_a_named_split_a_warning(digit_folder, cli_error, caplog):
+    line = cli_error("train", "--dataset", "folder", "--data-dir", str(digit_folder), "--image-size", "8",
+                     "--num-labels", "4", "--steps", "1", "--no-progress")
+    assert "--num-labels 4 leaves 6 of the 10 classes without a labelled image (digit4, digit5, digit6" in line
+    assert "give at least 10" in line
+    data = load_image_folder(digit_folder, image_size=8)
+    split = torch.nonzero(data.train_labels < 9)[:, 0]
+    save_split(digit_folder.parent / "split.json", "folder", split, 0, data)
+    with caplog.at_level(logging.WARNING):
+        assert torch.equal(choose_split(data, None, 0, str(digit_folder.parent / "split.json")), split)
+    assert "labels no image of 1 of the 10 classes (digit9)" in caplog.text
+
+
+def test_byte_identical_copies_across_the_splits_are_one_warning_line(digit_folder, caplog):
+    labelled = sorted((digit_folder / "labeled" / "digit3").glob("*.png"))
+    (digit_folder / "test" / "digit3" / "copy-a.png").write_bytes(labelled[0].read_bytes())
+    (digit_folder / "test" / "digit3" / "copy-b.png").write_bytes(labelled[1].read_bytes())
+    (digit_folder / "unlabeled" / "copy-c.png").write_bytes(labelled[0].read_bytes())
+    with caplog.at_level(logging.WARNING):
+        load_image_folder(digit_folder, image_size=8)
+    lines = [r.getMessage() for r in caplog.records if "byte-identical" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert "2 test images copying labelled ones (test/digit3/copy-a.png = labeled/digit3/" in lines[0]
+    assert "1 unlabelled image copying labelled ones (unlabeled/copy-c.png = labeled/digit3/" in lines[0]
+    caplog.clear()
+    for copy in ("test/digit3/copy-a.png", "test/digit3/copy-b.png", "unlabeled/copy-c.png"):
+        (digit_folder / copy).unlink()
+    with caplog.at_level(logging.WARNING):
+        load_image_folder(digit_folder, image_size=8)
+    assert "byte-identical" not in caplog.text

@@ -24,6 +24,7 @@ def cpus(monkeypatch):
     def set_cpus(n: int) -> None:
         torch.set_num_threads(n)
         monkeypatch.setattr(runtime, "free_cpus", lambda interval=0.1: float(n))
+        monkeypatch.setattr(runtime, "usable_cpus", lambda: set(range(n)))
 
     yield set_cpus
     torch.set_num_threads(threads)
@@ -49,12 +50,19 @@ def test_auto_runs_one_after_another_where_side_by_side_cannot_pay(cpus, monkeyp
     assert pick_jobs(None, 9, None, "cpu") == (1, None)  # under torchrun
 
 
-def test_a_given_jobs_is_kept_up_to_the_runs(cpus):
+def test_a_given_jobs_is_kept_up_to_the_runs_and_oversubscribing_says_so(cpus, capsys):
     cpus(2)
     assert pick_jobs(4, 9, None, "cpu") == (4, 1)
+    assert "4 runs at a time of 1 CPU thread each ask for 4 threads of this machine's 2 CPUs" in capsys.readouterr().err
     assert pick_jobs(4, 3, None, "cpu") == (3, 1)
     assert pick_jobs(1, 9, 2, "cpu") == (1, 2)
     assert pick_jobs(2, 9, 3, "cpu") == (2, 3)
+    capsys.readouterr()
+    assert pick_jobs(2, 9, 2, "cpu") == (2, 2)  # --jobs 2 --threads 2 on two cores
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["mixmatch: warning: 2 runs at a time of 2 CPU threads each ask for 4 threads of this machine's 2 "
+                   "CPUs: they will slow each other down (the results are the same)"]
+    assert pick_jobs(2, 9, 1, "cpu") == (2, 1) and not capsys.readouterr().err
 
 
 def records(run) -> list[dict]:
@@ -208,3 +216,20 @@ def test_runs_a_resumed_grid_starts_take_the_threads_its_first_runs_had(tmp_path
     # Finished one after another with auto threads: the new seed still trains on the grid's one thread.
     assert main(argv("0", "1")) == 0
     assert trained == [(0, 1, True), (1, 1, False)]
+
+
+def test_a_ctrl_c_while_the_table_is_written_says_the_runs_are_finished(tmp_path, monkeypatch, capsys):
+    def interrupted(runs, out, key):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("mixmatch.report.report", interrupted)
+    grid = tmp_path / "grid"
+    args = ["compare", "--steps", "4", "--eval-every", "4", "--amp", "off", "--methods", "supervised", "--jobs", "1",
+            "--no-progress", "--out", str(grid)]
+    assert main(args) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"mixmatch: interrupted while writing the grid's table; its runs are finished in {grid}: the same command "
+        "with --resume writes it")
+    monkeypatch.undo()
+    assert main([*args, "--resume"]) == 0
+    assert (grid / "results.md").is_file() and "(kept)" in capsys.readouterr().err

@@ -107,6 +107,12 @@ def _seconds(seconds: float) -> str:
     return f"{seconds:.0f}" if seconds >= 1 or seconds == 0 else f"{seconds:.1g}"
 
 
+def _minutes(seconds: float) -> str:
+    """A duration in minutes to two significant digits, whole from 10 on (0.31 minutes, 4.2 minutes, 150 minutes)."""
+    minutes = seconds / 60
+    return f"{minutes:.0f} minutes" if minutes >= 10 else f"{minutes:.2g} minutes"
+
+
 def _fewer_evaluations(kept: int, wanted: int, seconds_per_evaluation: float) -> str:
     """Why a run evaluates fewer than `wanted` times, for the plan's paragraph ('' where it does not)."""
     if kept >= wanted:
@@ -192,12 +198,19 @@ def plan(
         eval_every, fewer = max(1, steps // kept), _fewer_evaluations(kept, EVALUATIONS, seconds_per_evaluation)
     planned = complete(dataclasses.replace(sized, steps=steps, minutes=None, eval_every=eval_every))
     evaluations = max(1, steps // eval_every)
+    floor = ""
+    needed = steps * seconds_per_step + evaluations * seconds_per_evaluation
+    if steps == MIN_STEPS and needed > SPARE * minutes * 60:
+        floor = (
+            f" ({MIN_STEPS} steps is the least a run trains: about {_minutes(needed)} here, more than the "
+            f"{minutes:g} asked for)"
+        )
     why = (
         f"{cfg.dataset} on {device}: {'' if cfg.minutes is not None else 'no --steps given, so '}"
         f"{minutes:g} minute{'' if minutes == 1 else 's'} of training: model {planned.arch}, "
         f"{seconds_per_step * 1000:.0f} ms a step and "
         f"{_seconds(seconds_per_evaluation)} s an evaluation (measured), "
-        f"{steps} steps, lambda_u {planned.lambda_u:g} ramped up over {planned.rampup_steps} steps, "
+        f"{steps} steps{floor}, lambda_u {planned.lambda_u:g} ramped up over {planned.rampup_steps} steps, "
         f"{planned.schedule} learning rate, "
         f"distribution alignment {'on' if planned.distribution_alignment else 'off'}, {evaluations} evaluation"
         f"{'' if evaluations == 1 else 's'}"

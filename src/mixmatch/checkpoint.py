@@ -41,7 +41,7 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(state: dict[str, Any], path: Path, keep: int) -> None:
     """Write `state` to `path` (from runfolder.checkpoint_path) and delete all but the newest `keep` checkpoints."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    R.make_folder(path.parent)
     R.atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
     run_dir = path.parent.parent
     for old in R.checkpoints(run_dir)[:-keep]:
@@ -139,7 +139,8 @@ def check_compatible(saved: dict[str, Any], expected: dict[str, Any], path: str 
         raise CheckpointError(f"checkpoint {path} holds {describe(saved)}; this run builds {describe(expected)}")
 
 
-# What a resumed run may change: where and how it continues, not what it computes.
+# What a resumed run may change: where and how it continues. Of these, a device or thread count other than the
+# run's own changes the floating-point sums, so the resumed steps are not those of an uninterrupted run.
 RESUME_OVERRIDES = ("device", "progress", "data_dir", "download", "threads")
 
 
@@ -159,6 +160,38 @@ def run_config(run_dir: str | Path) -> TrainConfig:
     if unknown:
         raise CheckpointError(f"{path} has settings this mixmatch does not know: {', '.join(unknown)}")
     return TrainConfig(**values)
+
+
+def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> TrainConfig:
+    """The config a stopped run continues with: its config.json, which records what each `auto` resolved to when it
+    started (device, precision, memory format, compiling, CPU threads), with `overrides` (RESUME_OVERRIDES).
+
+    One warning line where an override changes the device or the thread count the run computed with, or where the
+    run's config.json does not record its thread count (a run from before it did); CheckpointError where the run
+    computed on a device this machine does not have.
+    """
+    import torch
+
+    saved = run_config(run_dir)
+    for name in ("device", "threads"):
+        theirs, mine = getattr(saved, name), overrides.get(name, getattr(saved, name))
+        if theirs is not None and mine != theirs:
+            log.warning(
+                f"mixmatch: warning: {run_dir} computed with --{name} {theirs}; continuing with --{name} {mine}, the "
+                "rest of the run sums in another order, so it will not end with the weights of an uninterrupted run"
+            )
+    if saved.threads is None and overrides.get("threads") is None:
+        log.warning(
+            f"mixmatch: warning: {Path(run_dir) / R.CONFIG} does not record the thread count the run started with "
+            "(it predates that): it continues on auto threads, which is exact only if they are as many"
+        )
+    device = overrides.get("device", saved.device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CheckpointError(
+            f"{run_dir} trained on {device}, and this machine has no CUDA device: continue it on the CPU with "
+            "--device cpu (not bit-identical to an uninterrupted run)"
+        )
+    return dataclasses.replace(saved, out=str(run_dir), **overrides).validate()
 
 
 # ---- state ------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+from . import runfolder as R
 from .config import GROUPS, METHODS, PRESETS, ConfigError, TrainConfig, field_types, flag
 from .grid import WorkerDied, run_grid
 
@@ -239,7 +240,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     """The flags' config, or with --resume the run folder's own config.json."""
     if args.resume is None:
         return config_from_args(args)
-    from .checkpoint import RESUME_OVERRIDES, run_config
+    from .checkpoint import RESUME_OVERRIDES, resume_config
 
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     changed = [name for name, default in defaults.items() if getattr(args, name) != default]
@@ -251,7 +252,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     overrides = {name: getattr(args, name) for name in changed}
     # A progress bar is this terminal's, not the run's: a grid's worker saved progress=False.
     overrides["progress"] = args.progress
-    return dataclasses.replace(run_config(args.resume), out=str(args.resume), **overrides).validate()
+    return resume_config(args.resume, overrides)
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -284,7 +285,7 @@ def run_ablate(args: argparse.Namespace) -> None:
     table = paper_column(
         run_grid(ablation_configs(base, args.ablations, args.seeds, out), out, "tag", args.jobs, args.resume)
     )
-    (out / "results.md").write_text(table + "\n")
+    R.write_text(out / "results.md", table + "\n")
     print(table + f"\n\nruns, results.md and curves.png in {out}")
 
 
@@ -304,15 +305,21 @@ def run_export(args: argparse.Namespace) -> None:
 def run_predict(args: argparse.Namespace) -> None:
     from .export import predict
 
+    if args.csv is not None:
+        R.writable(Path(args.csv).parent, "folder of --csv")
     rows = predict(args.model, args.images)
     if args.csv is None:
         for row in rows:
             print(f"{row['path']}\t{row['class']}\t{row['confidence']:.4f}")
         return
-    with open(args.csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "class", "confidence"])
-        writer.writeheader()
-        writer.writerows(rows)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["path", "class", "confidence"])
+            writer.writeheader()
+            writer.writerows(rows)
+
+    R.atomic_write(Path(args.csv), write)
     print(f"wrote {len(rows)} predictions to {args.csv}", file=sys.stderr)
 
 
@@ -340,8 +347,8 @@ def run_demo(args: argparse.Namespace) -> None:
     cfg = config_from_args(args)
     for seed in args.seeds:
         dataclasses.replace(cfg, seed=seed).validate()
+    out = R.writable(args.out or f"runs/demo-{args.dataset}", "demo folder")
     data = load_for_config(cfg)
-    out = Path(args.out or f"runs/demo-{args.dataset}")
     sharpening_demo(data, out, tuple(args.seeds), num_labels=args.num_labels, epochs=args.epochs)
     print((out / "results.md").read_text() + f"\nruns.json, results.md and tsne.png in {out}")
 
@@ -372,6 +379,8 @@ def run_data_info(args: argparse.Namespace) -> None:
     from .splits import choose_split, describe_split, load_for_config, save_split
 
     cfg = config_from_args(args).resolved()
+    if args.save_split:
+        R.writable(Path(args.save_split).parent, "folder of --save-split")
     data = load_for_config(cfg)
     split = choose_split(data, cfg.num_labels, cfg.seed, cfg.labeled_split)
     if cfg.labeled_split:
@@ -397,22 +406,34 @@ def config_error_line(error: ConfigError, args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .dataset import DataError
+    from .distributed import ProcessGroup
     from .train import TrainingDiverged, TrainingInterrupted
 
     args = build_parser().parse_args(argv)
+    # Under torchrun every process meets the same stop or error: rank 0 alone says it.
+    say = ProcessGroup.from_env().is_main
     try:
         args.func(args)
     except TrainingInterrupted as stop:
-        print(f"mixmatch: {stop}", file=sys.stderr)
+        if say:
+            print(f"mixmatch: {stop}", file=sys.stderr)
         return 128 + stop.signum
-    except (DataError, CheckpointError, TrainingDiverged, WorkerDied, ValueError, FileNotFoundError) as error:
+    except (DataError, CheckpointError, TrainingDiverged, WorkerDied, ValueError, OSError) as error:
         if os.environ.get("MIXMATCH_DEBUG"):
             raise
-        message = config_error_line(error, args) if isinstance(error, ConfigError) else str(error)
-        print(f"mixmatch: error: {message}", file=sys.stderr)
+        if isinstance(error, ConfigError):
+            message = config_error_line(error, args)
+        elif isinstance(error, OSError) and error.errno is not None:  # one the library did not word itself
+            message = f"{error.filename or error.strerror}: {R.cause(error, error.filename or '.')}"
+        else:
+            message = str(error)
+        if say:
+            print(f"mixmatch: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("mixmatch: interrupted", file=sys.stderr)
+        if say:
+            print("mixmatch: interrupted (what was saved before is kept: --resume continues a run or a grid from "
+                  "its checkpoints)", file=sys.stderr)
         return 130
     return 0
 

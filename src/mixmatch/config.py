@@ -153,7 +153,7 @@ class TrainConfig:
     threads: int | None = _opt(
         None,
         "CPU threads (default auto: the CPUs that other processes leave idle when the run starts, at most "
-        "torch's count)",
+        "torch's count; config.json records the count, and --resume keeps it)",
         "run",
     )
     compile: Literal["auto", "on", "off"] = _opt(

@@ -10,7 +10,6 @@ at T < 1 the target is sharper than the prediction, which pulls predictions towa
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import algorithm as A
+from . import runfolder as R
 from .augment import normalize
 from .dataset import ImageDataset
 from .models import SmallCNN
@@ -98,7 +98,7 @@ def tsne_figure(data: ImageDataset, predictions: dict[float, torch.Tensor], path
     fig.suptitle(f"{data.name} test images (t-SNE of pixels), coloured by predicted class; "
                  "larger marker = less confident")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    R.save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -121,8 +121,7 @@ def demo_table(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
 def sharpening_demo(data: ImageDataset, out: str | Path, seeds: tuple[int, ...] = (0, 1, 2),
                     temperatures: tuple[float, ...] = (1.0, 0.5), **kwargs: Any) -> dict[str, Any]:
     """Run the demo for every (T, seed); write runs.json, results.md and tsne.png under `out`."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = R.make_folder(out)
     runs, last_predictions = [], {}
     mean, std = data.channel_stats()
     for T in temperatures:
@@ -134,7 +133,7 @@ def sharpening_demo(data: ImageDataset, out: str | Path, seeds: tuple[int, ...] 
             if seed == seeds[0]:
                 last_predictions[T] = predict(model, data.test_images, mean, std)
     results, table = demo_table(runs)
-    (out / "runs.json").write_text(json.dumps(dict(runs=runs, results=results), indent=2))
-    (out / "results.md").write_text(table + "\n")
+    R.write_json(out / R.DEMO_RUNS, dict(runs=runs, results=results))
+    R.write_text(out / "results.md", table + "\n")
     tsne_figure(data, last_predictions, out / "tsne.png")
     return results

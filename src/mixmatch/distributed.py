@@ -104,7 +104,14 @@ class ProcessGroup:
         return int(tensor.item())
 
 
-def stop() -> None:
-    """Leave the process group (after a run that started it)."""
+def stop(finished: bool = False) -> None:
+    """Leave the process group (after a run that started it).
+
+    finished: every process ended the run normally, so they can meet first. Without that meeting, a process that
+    tears its gloo connections down while another still reads from them can abort the other one (SIGABRT); after
+    an error on some processes only, the others would never come to it, so they leave at once.
+    """
     if dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()

@@ -7,6 +7,7 @@ model.json: architecture, class count and names, input channels and size, normal
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,10 @@ from . import checkpoint as C
 from . import runfolder as R
 from .augment import normalize
 from .dataset import DataError
-from .images import is_image_file, load_image
+from .images import ImageError, find_image_files, load_image
 from .models import build_model
+
+log = logging.getLogger(__name__)
 
 MODEL_FORMAT = "mixmatch-model/1"
 
@@ -32,14 +35,15 @@ def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """
     from safetensors.torch import save_file
 
+    out = Path(out) if out is not None else Path(run_dir) / R.MODEL
+    R.writable(out.parent, "folder of the exported model")
     _, state = C.load_newest(run_dir)
     if state["ema"] is not None:
         prefix = "module."
         weights = {k[len(prefix) :]: v for k, v in state["ema"].items() if k.startswith(prefix)}
     else:  # --ema-decay 0 evaluates the raw model
         weights = state["model"]
-    out = Path(out) if out is not None else Path(run_dir) / R.MODEL
-    out.parent.mkdir(parents=True, exist_ok=True)
+    R.make_folder(out.parent)
     tensors = {k: v.contiguous() for k, v in weights.items()}  # channels_last weights are not contiguous
     R.atomic_write(out, lambda tmp: save_file(tensors, str(tmp)))
     meta = dict(format=MODEL_FORMAT, **state["meta"], step=state["step"], weights=out.name)
@@ -94,13 +98,14 @@ def read_image(path: Path, channels: int, size: int) -> Tensor:
 
 
 def image_files(inputs: list[str | Path]) -> list[Path]:
-    """Files named, and the image files (by suffix) anywhere under folders named, in order.
+    """Files named, and the image files (by suffix) anywhere under folders named, in order; hidden files and
+    folders, and the folders the product writes (runs, grids), are passed over in a folder.
 
     Raises DataError for a name that does not exist and a folder without image files."""
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p))
+            found = sorted(find_image_files(item))
             if not found:
                 raise DataError(f"no image files in {item}")
             files += found
@@ -122,10 +127,28 @@ def classify(model: nn.Module, meta: dict[str, Any], images: Tensor, batch: int 
 
 
 def predict(model_path: str | Path, inputs: list[str | Path]) -> list[dict[str, Any]]:
-    """Class name and confidence of each image file (folders are searched for images)."""
+    """Class name and confidence of each image file (folders are searched for images).
+
+    A file that is not a readable image is skipped with one warning line that names it, as training skips it;
+    DataError where none is readable."""
     model, meta = load_model(model_path)
-    files = image_files(inputs)
-    images = torch.stack([read_image(f, meta["in_channels"], meta["image_size"]) for f in files])
+    files: list[Path] = []
+    read: list[Tensor] = []
+    skipped: list[tuple[Path, ImageError]] = []
+    for f in image_files(inputs):
+        try:
+            read.append(read_image(f, meta["in_channels"], meta["image_size"]))
+            files.append(f)
+        except ImageError as error:
+            skipped.append((f, error))
+    if skipped:
+        if not files and len(skipped) == 1:
+            raise skipped[0][1]
+        shown = ", ".join(f"{f} ({e.reason})" for f, e in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        if not files:
+            raise DataError(f"none of the {len(skipped)} files is a readable image: {shown}")
+        log.warning(f"mixmatch: warning: skipped {len(skipped)} file(s) that are not readable images: {shown}")
+    images = torch.stack(read)
     confidence, index = classify(model, meta, images).max(-1)
     return [
         {"path": str(f), "class": meta["classes"][i], "confidence": round(c, 6)}
@@ -155,7 +178,7 @@ def plot_confusion(matrix: Tensor, classes: list[str], path: Path, title: str) -
         for (t, p), count in np.ndenumerate(matrix.numpy()):
             ax.text(p, t, str(count), ha="center", va="center", color="white" if count > peak / 2 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    R.save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -184,6 +207,8 @@ def evaluate(
     from .splits import load_for_config
 
     model, meta = load_model(model_path)
+    model_path = Path(model_path)
+    folder = model_path if model_path.is_dir() else model_path.parent
     dataset = dataset or meta.get("dataset")
     if dataset is None:
         raise C.CheckpointError(f"{model_path} does not say which data set it was trained on; name one")
@@ -197,6 +222,8 @@ def evaluate(
         strict_images=strict_images,
         val_fraction=val_fraction,
     ).validate()
+    png = Path(out) if out is not None else folder / f"confusion-{dataset}.png"
+    R.writable(png.parent, "folder of the confusion matrix")
     data = load_for_config(cfg)
     shape = (meta["in_channels"], meta["image_size"], meta["image_size"])
     if tuple(data.shape) != shape or data.num_classes != meta["num_classes"]:
@@ -211,10 +238,7 @@ def evaluate(
     predicted = classify(model, meta, data.test_images).argmax(-1)
     matrix = confusion_matrix(predicted, data.test_labels, data.num_classes)
     accuracy = matrix.trace().item() / len(data.test_labels)
-    model_path = Path(model_path)
-    folder = model_path if model_path.is_dir() else model_path.parent
-    png = Path(out) if out is not None else folder / f"confusion-{dataset}.png"
-    png.parent.mkdir(parents=True, exist_ok=True)
+    R.make_folder(png.parent)
     title = f"{dataset}, {len(data.test_labels)} evaluation images: {100 * accuracy:.2f}% accurate"
     plot_confusion(matrix, meta["classes"], png, title)
     # Where the errors sit: with a few labels per class, semi-supervised learning helps some classes and not others.

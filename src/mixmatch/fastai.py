@@ -101,6 +101,11 @@ def _plain(t: Tensor) -> Tensor:
     return t.as_subclass(Tensor) if type(t) is not Tensor else t
 
 
+def _shape(batch: Tensor) -> str:
+    """A batch (B, C, H, W) in words: 'C channels of HxW'."""
+    return f"{batch.shape[1]} channel{'' if batch.shape[1] == 1 else 's'} of {batch.shape[2]}x{batch.shape[3]}"
+
+
 def _first(batch: Any) -> Tensor:
     """The images of a batch that may be a tensor, or a tuple/list whose first element is the images."""
     return batch[0] if isinstance(batch, tuple | list) else batch
@@ -259,7 +264,19 @@ class MixMatchCallback(Callback):
                 f"bn_mode='interleave' needs unlabelled batches as large as the labelled ones, got {u.shape[0]} "
                 f"and {x.shape[0]}"
             )
-        u_views = self.views(u)
+        try:
+            u_views: Tensor | None = self.views(u)
+        except RuntimeError:  # the labelled batches' transforms (Normalize's channel stats) refuse other channels
+            if u.shape[1] == x.shape[1]:
+                raise
+            u_views = None
+        if u_views is None or u_views.shape[2:] != x.shape[1:]:
+            augmented = "" if u_views is None else f", {_shape(u_views[0])} augmented"
+            raise ValueError(
+                f"MixMatchCallback: the unlabelled images ({_shape(u)} as given{augmented}) do not match the labelled "
+                f"batch ({_shape(x)}): give unlabeled_dl images of the labelled images' channels and size (the same "
+                "item transforms, e.g. Resize)"
+            )
         q = self.mixmatch.guess(self.model, u_views)
         p = F.one_hot(y.long(), q.shape[-1]).to(q.dtype)
         x_mix, p_mix, u_mix, q_mix = self.mixmatch.mix(x, p, u_views.to(x.dtype), q)

@@ -11,14 +11,16 @@ a labels CSV    ROOT/**/<image> and --labels-csv FILE with rows `file,label` (fi
 
 An <image> is a file with an image suffix (`images.IMAGE_SUFFIXES`: .png, .jpg, .tif, ...); other files, such
 as CSVs and notes, are passed over, and so are hidden files and folders (a leading dot), so the cache in
-ROOT/.mixmatch-cache is never read as an image. A file a CSV names is read whatever its suffix. CSVs are read
-as spreadsheets save them (byte-order mark, CRLF, quoted fields, spaces around values, blank lines); a row
-that is not `file,label` stops the run with its file and line number.
+ROOT/.mixmatch-cache is never read as an image. Nothing the product writes is read as an image either: run,
+grid and report folders are passed over, and so are the PNG figures it tags. A file a CSV names is read
+whatever its suffix. CSVs are read as spreadsheets save them (byte-order mark, CRLF, quoted fields, spaces
+around values, blank lines); a row that is not `file,label` stops the run with its file and line number.
 
 Every image is decoded by `images.load_image` (upright, every mode and bit depth scaled to 8 bits, shorter
 side scaled to --image-size and centre-cropped to a square); if any image has colour, all become RGB (grey
 ones are repeated over three channels), else all stay grey. Files that PIL cannot read are reported and
-skipped, or refused with strict=True.
+skipped, or refused with strict=True. Byte-identical files across the labelled, test and unlabelled images
+are named in one warning line.
 """
 
 from __future__ import annotations
@@ -32,17 +34,19 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from . import runfolder as R
 from .dataset import DataError, ImageDataset
-from .images import DECODER_VERSION, ImageError, is_image_file, load_image
+from .images import DECODER_VERSION, ImageError, find_image_files, is_image_file, is_our_figure, load_image
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when the cache file's format changes; DECODER_VERSION covers its pixels
+CACHE_VERSION = 2  # bump when the cache file's format changes; DECODER_VERSION covers its pixels
 
 
 def _natural_key(text: str) -> list[int | str]:
@@ -52,13 +56,9 @@ def _natural_key(text: str) -> list[int | str]:
 
 def _scan(folder: Path, root: Path) -> list[str]:
     """Every non-hidden image file (by suffix) under `folder`, as sorted paths relative to `root` with
-    forward slashes; other files (CSVs, notes) are passed over."""
-    found = []
-    for directory, subdirs, files in os.walk(folder):
-        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
-        kept = [f for f in files if not f.startswith(".") and is_image_file(f)]
-        found += [Path(directory, f).relative_to(root).as_posix() for f in kept]
-    return sorted(found)
+    forward slashes; other files (CSVs, notes) are passed over, and so are the folders the product writes (run,
+    grid and report folders, `runfolder.is_output_folder`), wherever a user put them."""
+    return sorted(path.relative_to(root).as_posix() for path in find_image_files(folder))
 
 
 def _csv_rows(path: Path) -> list[tuple[int, list[str]]]:
@@ -140,10 +140,25 @@ def _class_folders(folder: Path, root: Path) -> tuple[list[str], list[tuple[str,
     return classes, entries, loose
 
 
-def _decode(path: Path, size: int) -> np.ndarray | str:
-    """The image at `path` as (size, size) grey or (size, size, 3) RGB uint8, or why it cannot be read."""
+class _Decoded(NamedTuple):
+    images: Tensor  # (N, C, size, size) uint8
+    files: list[str]  # the N files they came from
+    digests: dict[str, str]  # file -> hash of its bytes, for every readable image
+    bad: list[tuple[str, str]]  # (file, reason) of the files that are not readable images
+    ours: list[str]  # figures the product wrote (`images.is_our_figure`): not data
+
+
+def _decode(path: Path, size: int) -> tuple[np.ndarray, str] | str | None:
+    """The image at `path` as (size, size) grey or (size, size, 3) RGB uint8 and a hash of the file's bytes; why it
+    cannot be read; or None for a figure the product wrote (`is_our_figure`), which is not data."""
     try:
-        return load_image(path, size)
+        raw = path.read_bytes()
+    except OSError as error:
+        return error.strerror or "cannot read"
+    if is_our_figure(raw):
+        return None
+    try:
+        return load_image(path, size), hashlib.blake2b(raw, digest_size=8).hexdigest()
     except ImageError as error:
         return error.reason
 
@@ -154,8 +169,8 @@ def _cache_dirs(root: Path) -> list[Path]:
     return [root / ".mixmatch-cache", home]
 
 
-def _decode_all(root: Path, names: list[str], size: int) -> tuple[Tensor, list[str], list[tuple[str, str]]]:
-    """(images (N, C, size, size) uint8, the N files they came from, (file, reason) of unreadable files).
+def _decode_all(root: Path, names: list[str], size: int) -> _Decoded:
+    """Every named file decoded (`_decode`), the figures the product wrote left out.
 
     Re-uses a cache keyed on the file names, sizes and modification times, so an unchanged folder is
     decoded once and later runs never touch PIL.
@@ -174,16 +189,18 @@ def _decode_all(root: Path, names: list[str], size: int) -> tuple[Tensor, list[s
         if cached.is_file():
             try:
                 record = torch.load(cached, weights_only=True)
-                return record["images"], record["files"], missing + [(name, why) for name, why in record["bad"]]
+                bad = missing + [(name, why) for name, why in record["bad"]]
+                return _Decoded(record["images"], record["files"], record["digests"], bad, record["ours"])
             except Exception as error:  # a damaged or foreign file: decode again and overwrite it
                 log.warning(f"mixmatch: ignoring the unreadable cache {cached} ({type(error).__name__})")
 
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:  # PIL releases the GIL while decoding
         decoded = list(pool.map(lambda stat: _decode(root / stat[0], size), stats))
-    good = [(name, array) for (name, _, _), array in zip(stats, decoded, strict=True) if isinstance(array, np.ndarray)]
+    good = [(name, result) for (name, _, _), result in zip(stats, decoded, strict=True) if isinstance(result, tuple)]
     bad = [(name, why) for (name, _, _), why in zip(stats, decoded, strict=True) if isinstance(why, str)]
-    colour = any(array.ndim == 3 for _, array in good)
-    arrays = [np.repeat(a[..., None], 3, 2) if colour and a.ndim == 2 else a for _, a in good]
+    ours = [name for (name, _, _), result in zip(stats, decoded, strict=True) if result is None]
+    colour = any(array.ndim == 3 for _, (array, _) in good)
+    arrays = [np.repeat(a[..., None], 3, 2) if colour and a.ndim == 2 else a for _, (a, _) in good]
     if not arrays:
         images = torch.zeros((0, 1, size, size), dtype=torch.uint8)
     elif colour:
@@ -191,24 +208,50 @@ def _decode_all(root: Path, names: list[str], size: int) -> tuple[Tensor, list[s
     else:
         images = torch.from_numpy(np.stack(arrays))[:, None].contiguous()
     files = [name for name, _ in good]
-    _write_cache({"images": images, "files": files, "bad": [list(pair) for pair in bad]}, prefix, key, root)
-    return images, files, missing + bad
+    digests = {name: digest for name, (_, digest) in good}
+    record = {"images": images, "files": files, "digests": digests, "bad": [list(pair) for pair in bad], "ours": ours}
+    _write_cache(record, prefix, key, root)
+    return _Decoded(images, files, digests, missing + bad, ours)
 
 
 def _write_cache(record: dict, prefix: str, key: str, root: Path) -> None:
     for folder in _cache_dirs(root):
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            partial = folder / f".{prefix}-{key}.{os.getpid()}.tmp"
-            torch.save(record, partial)
-            os.replace(partial, folder / f"{prefix}-{key}.pt")  # atomic: a concurrent run never reads half a file
-        except OSError:
+            R.make_folder(folder)
+            # atomic: a concurrent run never reads half a file, and a full disk leaves no partial one
+            R.atomic_write(folder / f"{prefix}-{key}.pt", lambda tmp: torch.save(record, tmp))
+        except R.WriteError:
             continue
         for stale in folder.glob(f"{prefix}-*.pt"):
             if stale.name != f"{prefix}-{key}.pt":
                 stale.unlink(missing_ok=True)
         return
     log.warning(f"mixmatch: could not write an image cache in {' or '.join(map(str, _cache_dirs(root)))}")
+
+
+def _duplicates(groups: dict[str, list[str]], digests: dict[str, str]) -> str | None:
+    """One warning line on byte-identical files across the labelled, test and unlabelled images (and among the
+    labelled ones, which a validation hold-out may split), or None where there are none."""
+    first: dict[str, tuple[str, str]] = {}  # file hash -> (group, file) where it was first seen
+    copies: dict[tuple[str, str], list[str]] = {}  # (group, group of the original) -> "copy = original"
+    for group, names in groups.items():
+        for name in names:
+            digest = digests.get(name)
+            if digest is None:
+                continue
+            seen = first.setdefault(digest, (group, name))
+            if seen[1] != name and (seen[0] != group or group == "labelled"):
+                copies.setdefault((group, seen[0]), []).append(f"{name} = {seen[1]}")
+    if not copies:
+        return None
+    parts = []
+    for (group, original), pairs in copies.items():
+        shown = ", ".join(pairs[:2]) + (", ..." if len(pairs) > 2 else "")
+        parts.append(f"{len(pairs)} {group} image{'' if len(pairs) == 1 else 's'} copying {original} ones ({shown})")
+    return (
+        f"mixmatch: warning: byte-identical copies across the splits: {'; '.join(parts)}. A test image that is also a "
+        "training image inflates the test accuracy: delete the copies"
+    )
 
 
 def _report_bad(bad: list[tuple[str, str]], root: Path, strict: bool) -> None:
@@ -271,11 +314,18 @@ def load_image_folder(
     labelled = [(n, c) for n, c in labelled if n not in absent]
     test = [(n, c) for n, c in test if n not in absent]
 
-    images, files, unreadable = _decode_all(root, sorted({n for n, _ in labelled + test} | set(unlabelled)), image_size)
-    _report_bad(bad + unreadable, root, strict)
+    decoded = _decode_all(root, sorted({n for n, _ in labelled + test} | set(unlabelled)), image_size)
+    images, files = decoded.images, decoded.files
+    bad += [(name, "a figure mixmatch wrote, not data") for name in decoded.ours if name in named]
+    _report_bad(bad + decoded.bad, root, strict)
     row = {name: i for i, name in enumerate(files)}
     labelled = [(n, c) for n, c in labelled if n in row]
     test = [(n, c) for n, c in test if n in row]
+    pool_files = [n for n in unlabelled if n in row]
+    groups = {"labelled": [n for n, _ in labelled], "test": [n for n, _ in test], "unlabelled": pool_files}
+    copies = _duplicates(groups, decoded.digests)
+    if copies:
+        log.warning(copies)
     present = {c for _, c in labelled}
     classes = [c for c in folder_classes if c in present]
     if len(classes) < len(folder_classes):
@@ -295,7 +345,7 @@ def load_image_folder(
 
     train_x, train_y = pick(labelled)
     test_x, test_y = pick(test)
-    pool = [row[n] for n in unlabelled if n in row]
+    pool = [row[n] for n in pool_files]
     return ImageDataset(
         "folder",
         train_x,

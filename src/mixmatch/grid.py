@@ -44,7 +44,7 @@ def pick_jobs(jobs: int | None, runs: int, threads: int | None, device: str) -> 
     (run_grid also keeps budgeted grids, and capped ones that side by side would cut, one after another.)
     """
     from .distributed import ProcessGroup
-    from .runtime import pick_threads
+    from .runtime import pick_threads, usable_cpus
 
     if jobs is None and (device != "cpu" or runs < 2 or ProcessGroup.from_env().enabled):
         return 1, threads
@@ -54,7 +54,13 @@ def pick_jobs(jobs: int | None, runs: int, threads: int | None, device: str) -> 
     jobs = max(1, min(jobs, runs))
     if jobs == 1:
         return 1, threads
-    return jobs, threads or max(1, cpus // jobs)
+    each = threads or max(1, cpus // jobs)
+    machine = len(usable_cpus())
+    if jobs * each > machine:
+        print(f"mixmatch: warning: {jobs} runs at a time of {each} CPU thread{'' if each == 1 else 's'} each ask for "
+              f"{jobs * each} threads of this machine's {machine} CPU{'' if machine == 1 else 's'}: they will slow "
+              "each other down (the results are the same)", file=sys.stderr)
+    return jobs, each
 
 
 def run_grid(
@@ -78,6 +84,7 @@ def run_grid(
     from .train import TrainingInterrupted
 
     configs = [cfg.resolved().validate() for cfg in configs]
+    R.writable(out, "grid folder")
     saved = _saved_runs(configs, resume)
     own = configs[0].threads
     auto = jobs is None
@@ -135,7 +142,13 @@ def run_grid(
         # No progress bars: several would overwrite each other's line.
         workers = [(dataclasses.replace(cfg, progress=False), again) for cfg, again in tasks]
         _in_workers(workers, fitted is not None, jobs, key)
-    return report([cfg.out for cfg in configs], out, key=key)
+    try:
+        return report([cfg.out for cfg in configs], out, key=key)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(
+            f"interrupted while writing the grid's table; its runs are finished in {out}: {FINISH} writes it",
+            signal.SIGINT,
+        ) from None
 
 
 FINISH = "the same command with --resume"
@@ -171,7 +184,8 @@ def _saved_runs(configs: list[TrainConfig], resume: bool) -> dict[str | None, tu
         skip = {*RESUME_OVERRIDES, "out", "minutes", *fitted}
         for f in dataclasses.fields(TrainConfig):
             mine, theirs = getattr(cfg, f.name), getattr(run, f.name)
-            if f.name in skip or (f.name in DEVICE_FIELDS and mine is None) or mine == theirs:
+            # auto (None for the device's own fields) accepts what it resolved to when the run started.
+            if f.name in skip or (f.name in DEVICE_FIELDS and mine is None) or mine in (theirs, "auto"):
                 continue
             raise ValueError(f"--resume: {folder} was started with {flag(f.name)} {theirs}, not "
                              f"{mine}; give the grid's own flags, or another --out to start afresh")

@@ -24,12 +24,15 @@ A mode none of these cover raises ImageError naming it.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .dataset import DataError
+from .runfolder import OUR_SOFTWARE, is_output_folder
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -64,9 +67,25 @@ class ImageError(DataError):
         return type(self), (str(self), self.reason)
 
 
+def is_our_figure(raw: bytes) -> bool:
+    """Whether a file's bytes are a PNG the product wrote (`runfolder.save_figure` tags them Software=mixmatch in a
+    text chunk, which PIL writes ahead of the pixels): a figure, never a training image."""
+    head = raw[:4096]
+    return head.startswith(b"\x89PNG\r\n\x1a\n") and b"tEXtSoftware\x00" + OUR_SOFTWARE.encode() in head
+
+
 def is_image_file(path: str | Path) -> bool:
     """Whether a file's suffix is one of IMAGE_SUFFIXES."""
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def find_image_files(folder: Path) -> Iterator[Path]:
+    """The image files (by suffix) anywhere under `folder`, passing over hidden files and folders (a leading dot:
+    the folder cache among them) and the folders the product writes (run, grid and report folders,
+    `runfolder.is_output_folder`), wherever a user put them."""
+    for directory, subdirs, files in os.walk(folder):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".") and not is_output_folder(Path(directory, d))]
+        yield from (Path(directory, f) for f in files if not f.startswith(".") and is_image_file(f))
 
 
 def _stretch(values: np.ndarray) -> np.ndarray:

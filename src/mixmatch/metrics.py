@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -43,14 +44,12 @@ class MetricsLog:
         self.accuracies: list[float] = []
         if run_dir is None:
             return
-        path = run_dir / R.METRICS
-        if resume_step is None:
-            path.write_text("")
-        else:
-            kept = [r for r in read_records(path, warn=True) if r["step"] <= resume_step]
-            R.atomic_write(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept)))
-            self.accuracies = [r["test_accuracy"] for r in kept if "test_accuracy" in r]
-        self.file = path.open("a")
+        self.path = path = run_dir / R.METRICS
+        kept = [] if resume_step is None else [r for r in read_records(path, warn=True) if r["step"] <= resume_step]
+        R.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+        self.accuracies = [r["test_accuracy"] for r in kept if "test_accuracy" in r]
+        with R.writing(path):
+            self.file = path.open("a")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -62,8 +61,9 @@ class MetricsLog:
         if self.file is None:
             return
         # A record per log interval is rare enough to flush each: a killed run loses none.
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        with R.writing(self.path):
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
         if self.writer is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, int | float) and math.isfinite(value):
@@ -71,13 +71,16 @@ class MetricsLog:
 
     def flush(self) -> None:
         if self.file is not None:
-            self.file.flush()
+            with R.writing(self.path):
+                self.file.flush()
         if self.writer is not None:
             self.writer.flush()
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
+            # A full disk fails the close too (its buffer is written then); the write's own error came first.
+            with contextlib.suppress(OSError):
+                self.file.close()
         if self.writer is not None:
             self.writer.close()
 

@@ -164,7 +164,7 @@ def plot_curves(runs: list[dict[str, Any]], path: str | Path, key: str = "method
     first = runs[0]["summary"]
     fig.suptitle(f"{first['dataset']}, {first['num_labels']} labels, {len(runs)} runs")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    R.save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -174,9 +174,8 @@ def report(run_dirs: list[str | Path], out: str | Path | None = None, key: str =
     rows = aggregate(runs, key)
     table = markdown_table(rows, key)
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.md").write_text(table + "\n")
-        (out / "results.json").write_text(json.dumps(rows, indent=2))
+        out = R.make_folder(out)
+        R.write_text(out / "results.md", table + "\n")
+        R.write_json(out / R.RESULTS_JSON, rows)
         plot_curves(runs, out / "curves.png", key)
     return table

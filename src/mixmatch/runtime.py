@@ -70,9 +70,14 @@ def _cpu_times(cpus: set[int]) -> tuple[float, float]:
     return idle, total
 
 
+def usable_cpus() -> set[int]:
+    """The CPUs this process may run on."""
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+
+
 def free_cpus(interval: float = 0.1) -> float:
     """How many of the CPUs this process may run on sat idle over `interval` seconds (Linux; else all)."""
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cpus = usable_cpus()
     try:
         idle0, total0 = _cpu_times(cpus)
         time.sleep(interval)

@@ -7,8 +7,10 @@ hold-out, split.json files, and the table of a split that `mixmatch data info` p
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import runfolder as R
 from .dataset import DataError, ImageDataset
 from .loaders import load_dataset
 
@@ -117,19 +120,36 @@ def _quotas(counts: np.ndarray, num_labels: int, even: bool) -> np.ndarray:
     return quota
 
 
-def labeled_split(labels: Tensor, num_labels: int, num_classes: int, seed: int, even: bool = True) -> Tensor:
+def labeled_split(
+    labels: Tensor,
+    num_labels: int,
+    num_classes: int,
+    seed: int,
+    even: bool = True,
+    classes: Sequence[str] | None = None,
+) -> Tensor:
     """Indices of a class-balanced labelled subset, sorted.
 
     even: exactly num_labels / num_classes per class (the paper's protocol); refuses a num_labels that is
     not a multiple of the class count, and a class with fewer examples than asked for.
     not even: as balanced as the class sizes allow, any num_labels up to the number of labelled images (for
-    image folders, whose classes need not be balanced).
+    image folders, whose classes need not be balanced); refuses a num_labels that would leave a class that has
+    images without a labelled one (`classes` names them in the message).
     The same arguments always give the same indices.
     """
     if num_labels <= 0:
         raise DataError(f"--num-labels must be positive, got {num_labels}")
     labels_np = labels.numpy()
-    quota = _quotas(np.bincount(labels_np, minlength=num_classes), num_labels, even)
+    counts = np.bincount(labels_np, minlength=num_classes)
+    quota = _quotas(counts, num_labels, even)
+    bare = [c for c in range(num_classes) if counts[c] and not quota[c]]
+    if bare:
+        names = [classes[c] if classes is not None else str(c) for c in bare]
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise DataError(
+            f"--num-labels {num_labels} leaves {len(bare)} of the {num_classes} classes without a labelled image "
+            f"({shown}), so nothing could teach them: give at least {int((counts > 0).sum())}"
+        )
     rng = np.random.default_rng(seed)
     chosen = [rng.choice(np.flatnonzero(labels_np == c), quota[c], replace=False) for c in range(num_classes)]
     return torch.as_tensor(np.sort(np.concatenate(chosen)), dtype=torch.int64)
@@ -138,60 +158,131 @@ def labeled_split(labels: Tensor, num_labels: int, num_classes: int, seed: int, 
 def choose_split(data: ImageDataset, num_labels: int | None, seed: int, split_file: str | None = None) -> Tensor:
     """The labelled subset of a run: read from a split file, every labelled image (num_labels None), or drawn."""
     if split_file is not None:
-        return read_split(split_file, data)
+        split = read_split(split_file, data)
+        missing = sorted(set(range(data.num_classes)) - set(data.train_labels[split].tolist()))
+        if missing:  # the user named this subset: said, not refused
+            names = ", ".join(data.classes[c] for c in missing[:5]) + (", ..." if len(missing) > 5 else "")
+            log.warning(f"mixmatch: warning: --labeled-split {split_file} labels no image of {len(missing)} of the "
+                        f"{data.num_classes} classes ({names}): nothing teaches them")
+        return split
     if num_labels is None:
         return torch.arange(data.train_labels.shape[0])
-    return labeled_split(data.train_labels, num_labels, data.num_classes, seed, even=data.files is None)
+    return labeled_split(
+        data.train_labels, num_labels, data.num_classes, seed, even=data.files is None, classes=data.classes
+    )
+
+
+def _digest(*tensors: Tensor | None) -> str:
+    """A short hash of the bytes of `tensors` (None is skipped): images and labels as a run sees them."""
+    h = hashlib.blake2b(digest_size=8)
+    for tensor in tensors:
+        if tensor is not None:
+            h.update(str(tuple(tensor.shape)).encode())
+            h.update(tensor.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def data_digest(data: ImageDataset) -> str:
+    """A hash of every image and label a run trains and evaluates on (train, test and the extra unlabelled pool)."""
+    return _digest(data.train_images, data.train_labels, data.test_images, data.test_labels, data.extra_unlabeled)
 
 
 def save_split(path: Path, dataset: str, indices: Tensor, seed: int, data: ImageDataset | None = None) -> None:
-    """Write split.json: the labelled indices, and for image folders the labelled files by name."""
+    """Write split.json: the labelled indices and, with `data`, what checks that a later run labels the same images:
+    a hash of the labelled images and labels, a hash of the whole data set, and for image folders the labelled
+    files by name with each one's class and pixel hash."""
     record: dict[str, Any] = {"dataset": dataset, "seed": seed, "indices": indices.tolist()}
     if data is not None:
         record["num_train"] = int(data.train_labels.shape[0])
+        record["labelled_digest"] = _digest(data.train_images[indices], data.train_labels[indices])
+        record["data_digest"] = data_digest(data)
+        record["image_shape"] = list(data.shape)
         if data.files is not None:
-            record["files"] = [data.files[i] for i in indices.tolist()]
-    path.write_text(json.dumps(record))
+            chosen = indices.tolist()
+            record["files"] = [data.files[i] for i in chosen]
+            record["labels"] = [data.classes[int(data.train_labels[i])] for i in chosen]
+            record["file_digests"] = [_digest(data.train_images[i]) for i in chosen]
+    R.write_text(path, json.dumps(record))
 
 
 # Data sets that share a training split, so that a split of one is a split of the other.
 _SAME_TRAIN_SET = {"svhn-extra": "svhn"}
 
 
-def read_split(path: str | Path, data: ImageDataset) -> Tensor:
+def read_split(path: str | Path, data: ImageDataset, what: str | None = None) -> Tensor:
     """The labelled indices of a split.json written by an earlier run, checked against `data`.
 
     For image folders the file names are matched (indices would change when images are added); for the
-    registered data sets the indices are used as they are.
+    registered data sets the indices are used as they are. Where the file records them (runs since split.json
+    held hashes), the labelled images must be those it names, with the same pixels and classes. `what` names
+    the file in messages (default `--labeled-split PATH`). Raises DataError naming the images that are gone or
+    changed.
     """
     path = Path(path)
+    what = what or f"--labeled-split {path}"
     try:
         record = json.loads(path.read_text())
         dataset, indices = record["dataset"], record["indices"]
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DataError(
-            f"--labeled-split {path} is not a readable split.json ({type(error).__name__}: {error})"
-        ) from None
+        raise DataError(f"{what} is not a readable split.json ({type(error).__name__}: {error})") from None
     if _SAME_TRAIN_SET.get(dataset, dataset) != _SAME_TRAIN_SET.get(data.name, data.name):
-        raise DataError(f"--labeled-split {path} is a split of {dataset!r}, not of {data.name!r}")
+        raise DataError(f"{what} is a split of {dataset!r}, not of {data.name!r}")
     num_train = data.train_labels.shape[0]
     if data.files is not None and "files" in record:
-        position = {name: i for i, name in enumerate(data.files)}
-        absent = [name for name in record["files"] if name not in position]
-        if absent:
-            raise DataError(
-                f"--labeled-split {path} names {len(absent)} images that are not labelled training images here, "
-                f"e.g. {', '.join(absent[:3])}"
-            )
-        return torch.as_tensor(sorted(position[name] for name in record["files"]), dtype=torch.int64)
+        return _named_files(record, data, what)
     if record.get("num_train", num_train) != num_train:
         raise DataError(
-            f"--labeled-split {path} splits {record['num_train']} training images, this {data.name} has {num_train} "
+            f"{what} splits {record['num_train']} training images, this {data.name} has {num_train} "
             f"(another --val-fraction?)"
         )
     if not indices or len(set(indices)) != len(indices) or not all(0 <= i < num_train for i in indices):
-        raise DataError(f"--labeled-split {path} holds no indices, repeated ones, or some outside 0..{num_train - 1}")
-    return torch.as_tensor(sorted(indices), dtype=torch.int64)
+        raise DataError(f"{what} holds no indices, repeated ones, or some outside 0..{num_train - 1}")
+    split = torch.as_tensor(sorted(indices), dtype=torch.int64)
+    saved = record.get("labelled_digest")
+    if saved is not None and saved != _digest(data.train_images[split], data.train_labels[split]):
+        raise DataError(
+            f"{what} names {len(split)} labelled images of {data.name} whose pixels or labels differ from those it was "
+            f"made on: are these the data set's own files?"
+        )
+    return split
+
+
+def _named_files(record: dict[str, Any], data: ImageDataset, what: str) -> Tensor:
+    """The positions in `data` of the files a folder's split.json names, each checked to be there, unchanged."""
+    assert data.files is not None
+    position = {name: i for i, name in enumerate(data.files)}
+    files = record["files"]
+    absent = [name for name in files if name not in position]
+    if absent:
+        raise DataError(
+            f"{what} names {len(absent)} images that are not labelled training images here (moved, deleted or "
+            f"unreadable), e.g. {', '.join(absent[:3])}"
+        )
+    rows = [position[name] for name in files]
+    problems = []
+    for name, label in zip(files, record.get("labels", []), strict=False):
+        now = data.classes[int(data.train_labels[position[name]])]
+        if now != label:
+            problems.append(f"{name} (class {label!r}, now {now!r})")
+    # Pixels compare only at the size they were hashed at (a split may be reused at another --image-size).
+    same_size = record.get("image_shape") == list(data.shape)
+    for name, digest in zip(files, record.get("file_digests", []) if same_size else [], strict=False):
+        if _digest(data.train_images[position[name]]) != digest:
+            problems.append(f"{name} (its pixels changed)")
+    if problems:
+        raise DataError(
+            f"{what} names {len(problems)} labelled images that changed since: {', '.join(problems[:3])}"
+            f"{', ...' if len(problems) > 3 else ''}; put them back as they were, or train afresh"
+        )
+    return torch.as_tensor(sorted(rows), dtype=torch.int64)
+
+
+def recorded_data_digest(path: str | Path) -> str | None:
+    """The hash of the whole data set a split.json records (None for one written before it did, or unreadable)."""
+    try:
+        return json.loads(Path(path).read_text()).get("data_digest")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def describe_split(data: ImageDataset, split: Tensor, how: str) -> str:

@@ -7,6 +7,7 @@ fully-supervised  the same on every training label
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import signal
@@ -47,7 +48,7 @@ from .runtime import (
     use_compile,
     use_deterministic_algorithms,
 )
-from .splits import choose_split, load_for_config, save_split
+from .splits import choose_split, data_digest, load_for_config, read_split, recorded_data_digest, save_split
 from .step import MixMatchStep, class_marginal
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class Trainer:
         if augment is not None:
             self.augment = augment(self.augment)
         self._setup_model()
+        self._record_runtime()
         self._setup_optimiser(optimizer)
         aligned = cfg.distribution_alignment and cfg.method == "mixmatch"
         target = class_marginal(self.labeled_y, self.data.num_classes) if aligned else None
@@ -141,18 +143,22 @@ class Trainer:
         cfg = self.config
         self.data = dataset if dataset is not None else load_for_config(cfg)
         self.split = choose_split(self.data, cfg.num_labels, cfg.seed, cfg.labeled_split)
-        images, labels = self.data.train_images, self.data.train_labels
-        if cfg.method == "fully-supervised":
-            self.labeled_x, self.labeled_y = images, labels
-        else:
-            self.labeled_x, self.labeled_y = images[self.split], labels[self.split]
+        self._label(self.split)
         # As in the official code, every training image (labelled ones included) is also unlabelled data.
+        images = self.data.train_images
         pool = images if self.data.extra_unlabeled is None else torch.cat([images, self.data.extra_unlabeled])
-        self.labeled_x, self.labeled_y = self.labeled_x.to(self.device), self.labeled_y.to(self.device)
         self.unlabeled_x = pool.to(self.device) if cfg.method == "mixmatch" else None
 
         mean, std = self.data.channel_stats()
         self.augment = Augmenter(mean.to(self.device), std.to(self.device), cfg.pad, cfg.flip, self.channels_last)
+
+    def _label(self, split: Tensor) -> None:
+        """Train on the labelled subset `split` (indices into the training images; all of them fully supervised)."""
+        self.split = split
+        images, labels = self.data.train_images, self.data.train_labels
+        if self.config.method != "fully-supervised":
+            images, labels = images[split], labels[split]
+        self.labeled_x, self.labeled_y = images.to(self.device), labels.to(self.device)
 
     def _setup_model(self) -> None:
         """The model (memory format, SyncBatchNorm), its EMA, and the forward pass (DDP, torch.compile)."""
@@ -168,6 +174,19 @@ class Trainer:
         self.torch_compile = use_compile(cfg.compile, cfg.steps)  # whether the forward pass is compiled
         mode = compile_mode(self.device, self.dist.enabled)
         self.forward = CompiledOrEager(wrapped, mode) if self.torch_compile else wrapped
+
+    def _record_runtime(self) -> None:
+        """Replace each `auto` of the runtime in the config by what it resolved to here (device, precision, memory
+        format, compiling, CPU threads), so config.json records it and --resume computes as the run began."""
+        cfg = self.config
+        self.config = dataclasses.replace(
+            cfg,
+            device=self.device.type if cfg.device == "auto" else cfg.device,
+            amp="bf16" if self.bf16 else "off",
+            channels_last="on" if self.channels_last else "off",
+            compile="on" if self.torch_compile else "off",
+            threads=torch.get_num_threads(),
+        )
 
     def _setup_optimiser(
         self, build: Callable[[list[nn.Parameter], TrainConfig], torch.optim.Optimizer] | None
@@ -369,9 +388,29 @@ class Trainer:
         Newer checkpoints that are damaged are skipped with a warning (checkpoint.load_newest).
         """
         path, state = C.load_newest(self.config.out)
+        self._relabel_as_saved()
         self.load_state_dict(state, path)
         self.last_checkpoint, self.resumed = path, True
         return path
+
+    def _relabel_as_saved(self) -> None:
+        """Label the images the run folder's split.json names, not a subset drawn again from data that may have
+        changed since (DataError where one is gone or changed); warn where the rest of the data changed."""
+        saved = Path(self.config.out) / R.SPLIT
+        if not saved.is_file():
+            return
+        split = read_split(saved, self.data, what=f"the run's {saved}")
+        if not torch.equal(split, self.split):
+            self._label(split)
+            if self.mixmatch.labeled_marginal is not None:
+                self.mixmatch.align_to(class_marginal(self.labeled_y, self.data.num_classes))
+        recorded = recorded_data_digest(saved)
+        if recorded is not None and recorded != data_digest(self.data) and self.dist.is_main:
+            log.warning(
+                f"mixmatch: warning: the data of {self.config.out} changed since the run started (images added, "
+                "removed or changed): it goes on with the labelled images of its split.json, but its unlabelled and "
+                "test images are today's, so it will not end as the uninterrupted run would have"
+            )
 
     def save_checkpoint(self) -> Path:
         """Checkpoint into RUN_DIR/checkpoints (rank 0 writes); refuses weights or losses that are not finite."""
@@ -401,15 +440,32 @@ class Trainer:
 
         A NaN loss raises TrainingDiverged. SIGINT or SIGTERM save a checkpoint at the end of the current
         step (under torchrun, at the next log interval, where the processes agree to stop) and raise
-        TrainingInterrupted.
+        TrainingInterrupted. A file that cannot be written (read-only, no space) raises WriteError, which says
+        which checkpoints are kept.
         """
+        try:
+            return self._fit()
+        except R.WriteError as error:  # a read-only or full disk: say where the run stands and what it kept
+            raise R.WriteError(f"{error}; {self._stopped_text()}") from None
+
+    def _stopped_text(self) -> str:
+        out = self.config.out
+        kept = [int(path.stem.removeprefix("step-")) for path in R.checkpoints(out)]
+        if not kept:
+            return f"the run stopped at step {self.step} with no checkpoint"
+        return (
+            f"the run stopped at step {self.step}; its checkpoints at step{'' if len(kept) == 1 else 's'} "
+            f"{', '.join(map(str, kept))} are kept: once it can be written, continue with mixmatch train --resume {out}"
+        )
+
+    def _fit(self) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         cfg = self.config
         out = Path(cfg.out)
         main = self.dist.is_main
         if main:
-            out.mkdir(parents=True, exist_ok=True)
+            R.make_folder(out)
         if main and not self.resumed:
             C.remove_checkpoints(out)
             R.write_json(out / R.CONFIG, cfg.to_dict())
@@ -520,8 +576,12 @@ def train(
     threads = torch.get_num_threads()
     torch.set_num_threads(pick_threads(config.threads))
     trainer = None
+    finished = False
+    main = ProcessGroup.from_env().is_main
     try:
         resolved = config.resolved()
+        if main:  # before the data loads and the budget is timed: a folder that cannot be written is one line now
+            R.writable(resolved.out, "run folder")
         # A run without steps fits a time budget; a capped one (not under torchrun, where each process would
         # time its own step and could pick other steps; plan refuses torchrun) fits its cap. Either way this is
         # the only process, and it prints what it picked.
@@ -534,16 +594,22 @@ def train(
                 print(f"mixmatch: {why}", file=sys.stderr)
         trainer = Trainer(config, dataset)
         cfg = trainer.config
-        if not resume and cfg.method == "mixmatch" and cfg.rampup_steps > cfg.steps and trainer.dist.is_main:
+        if not resume and cfg.method == "mixmatch" and cfg.rampup_steps > cfg.steps and main:
             print(
                 f"mixmatch: warning: lambda_u ramps up over {cfg.rampup_steps} steps but the run has {cfg.steps}: "
                 f"it ends at {cfg.lambda_u * cfg.steps / cfg.rampup_steps:g} of {cfg.lambda_u:g} (set --rampup-steps)",
                 file=sys.stderr,
             )
         if resume:
-            trainer.resume()
-        return trainer.fit()
+            path = trainer.resume()
+            if main:
+                count = torch.get_num_threads()
+                print(f"mixmatch: continuing {cfg.out} from step {trainer.step} of {cfg.steps} ({path.name}, "
+                      f"{cfg.device}, {count} CPU thread{'' if count == 1 else 's'})", file=sys.stderr)
+        summary = trainer.fit()
+        finished = True
+        return summary
     finally:
         torch.set_num_threads(threads)
         if trainer is not None and trainer.owns_process_group:
-            stop_process_group()
+            stop_process_group(finished)
