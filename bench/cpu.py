@@ -14,7 +14,7 @@ product measured in the same run, with the same threads, and the fp32 peak again
 the paths, so that a fraction compares a step with the peak of the same minutes. `--busy` also times the
 fp32 digits step beside one busy process (a Python loop that spins), with torch's own thread count and
 with `--threads auto`. `--jobs N` times the fp32 digits step in N processes of one thread each, side by side
-(how `mixmatch compare` and `ablate` train a grid on a CPU, mixmatch.grid), against one process of torch's
+(how `mixmatch compare` and `ablate` train a grid on a CPU, mixmatch.experiments.grid), against one process of torch's
 threads, alternating rounds: the machine's steps per second either way, as a fraction of the same rounds' peak.
 
     python bench/cpu.py --json results/perf-cpu-epyc-bf16.json
@@ -40,10 +40,10 @@ from step import default_adam, per_image, timed_steps  # bench/step.py: the refe
 from torch.utils.flop_counter import FlopCounterMode
 
 from mixmatch.config import TrainConfig
-from mixmatch.dataset import ImageDataset
-from mixmatch.loaders import load_dataset
-from mixmatch.runtime import cpu_has_bf16, pick_threads
-from mixmatch.train import Trainer
+from mixmatch.data.dataset import ImageDataset
+from mixmatch.data.loaders import load_dataset
+from mixmatch.training.runtime import cpu_has_bf16, pick_threads
+from mixmatch.training.trainer import Trainer
 
 PATHS: dict[str, dict[str, Any]] = {
     "reference": dict(amp="off", channels_last="off", bn_mode="interleave"),

@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mixmatch.config import TrainConfig
 from mixmatch.data import ImageDataset, load_dataset
-from mixmatch.train import Trainer, train
+from mixmatch.training.trainer import Trainer, train
 
 PAPER_STEPS = 1 << 20
 

@@ -4,7 +4,7 @@ Each setting runs the command in a fresh process, start-up, data, training, eval
 included, the wall time measured around it; the settings alternate over `--rounds`, so that each sees the
 same minutes of the machine. The settings:
 
-    default      as README gives it (the runs train side by side on a CPU, mixmatch.grid)
+    default      as README gives it (the runs train side by side on a CPU, mixmatch.experiments.grid)
     amp-off      the default of a CPU without bf16 units (fp32, channels_last)
     stand-in     `--amp off --channels-last off`: the speed issue's stand-in for such a CPU
     one-by-one   `--jobs 1`: the runs one after another with all threads, as before side by side
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from cpu import cpu_name, threads  # bench/cpu.py
 
-from mixmatch.runtime import cpu_has_bf16
+from mixmatch.training.runtime import cpu_has_bf16
 
 SETTINGS = {
     "default": [],

@@ -1,7 +1,7 @@
 """Time full MixMatch training steps: a plain reference path against the library's default path.
 
 Both paths run the same WRN-28-2 step (labelled batch B, K x B unlabelled views, augmentation and label
-guessing included, data already resident as uint8) through mixmatch.train.Trainer, in one process,
+guessing included, data already resident as uint8) through mixmatch.training.trainer.Trainer, in one process,
 alternating rounds so that both see the same machine load. The reference path is what the popular ports
 do: fp32, contiguous tensors, augmentation image by image, the official three interleaved forward passes,
 PyTorch's default Adam (a loop over the parameters on CPU).
@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 from mixmatch.augment import Augmenter
 from mixmatch.config import TrainConfig
-from mixmatch.dataset import ImageDataset
-from mixmatch.train import Trainer
+from mixmatch.data.dataset import ImageDataset
+from mixmatch.training.trainer import Trainer
 
 
 class PerImageAugmenter:

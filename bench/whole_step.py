@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from cpu import cpu_name, make_trainer, matmul_gflops, step_gflop, threads  # bench/cpu.py
 
-from mixmatch import algorithm as A
-from mixmatch.runtime import cpu_has_bf16
-from mixmatch.train import Trainer
+from mixmatch import algorithm
+from mixmatch.training.runtime import cpu_has_bf16
+from mixmatch.training.trainer import Trainer
 
 
 def compile_whole_loss(trainer: Trainer) -> None:
@@ -41,15 +41,15 @@ def compile_whole_loss(trainer: Trainer) -> None:
 
     def loss_of(x: torch.Tensor, p: torch.Tensor, u_views: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor,
                 lambda_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        with A.frozen_batchnorm_stats(model):
-            q = A.guess_labels(model, u_views, mm.T)
+        with algorithm.frozen_batchnorm_stats(model):
+            q = algorithm.guess_labels(model, u_views, mm.T)
         all_x = torch.cat([x, u_views.flatten(0, 1)])
         all_y = torch.cat([p, q.repeat(u_views.shape[0], 1)])
         mixed_x = torch.lerp(all_x[perm], all_x, lam.view(-1, 1, 1, 1))
         mixed_y = torch.lerp(all_y[perm], all_y, lam.view(-1, 1))
         logits = model(mixed_x)
         n = x.shape[0]
-        return A.mixmatch_loss(logits[:n], mixed_y[:n], logits[n:], mixed_y[n:], lambda_u)
+        return algorithm.mixmatch_loss(logits[:n], mixed_y[:n], logits[n:], mixed_y[n:], lambda_u)
 
     compiled = torch.compile(loss_of, dynamic=False, fullgraph=True)
 
@@ -59,7 +59,7 @@ def compile_whole_loss(trainer: Trainer) -> None:
         x, u_views = trainer.augment.batch_and_views(xb, ub, trainer.config.k)
         n = x.shape[0] + u_views.shape[0] * u_views.shape[1]
         perm = torch.randperm(n)
-        lam = A.sample_mix_weights(n, mm.alpha, x)
+        lam = algorithm.sample_mix_weights(n, mm.alpha, x)
         p = F.one_hot(yb, classes).float()
         return compiled(x, p, u_views, perm, lam, torch.tensor(trainer.lambda_u()))
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mixmatch.loaders import load_dataset
-from mixmatch.splits import labeled_split
+from mixmatch.data.loaders import load_dataset
+from mixmatch.data.splits import labeled_split
 
 
 def write(images: np.ndarray, path: Path) -> None:

@@ -29,8 +29,8 @@ import torch
 
 from mixmatch.config import PRESETS, augmentation_of
 from mixmatch.data import DATASETS, DataError, labeled_split, load_dataset
+from mixmatch.methods.mixmatch import BN_MODES, MIX_MODES
 from mixmatch.models import ARCHITECTURES
-from mixmatch.step import BN_MODES, MIX_MODES
 
 
 def build_parser() -> argparse.ArgumentParser:

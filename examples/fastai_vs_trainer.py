@@ -5,9 +5,9 @@ training set as unlabelled data, small CNN, batch 64, K 2, T 0.5, alpha 0.75, la
 `--rampup-steps`, Adam lr 0.002 (betas 0.9/0.999, eps 1e-8) at a constant rate, decoupled weight decay
 0.02 on conv/linear weights, EMA 0.999 of weights and buffers (the evaluated model), one forward pass over
 the mixed batch, float32, `--steps` steps, test accuracy of the EMA model at the end. `--mix`, `--bn-mode`
-and `--distribution-alignment` set the same option on both sides (both run `mixmatch.step.MixMatchStep`).
+and `--distribution-alignment` set the same option on both sides (both run `mixmatch.methods.mixmatch.MixMatchStep`).
 
-    Trainer  mixmatch.train.Trainer(TrainConfig(dataset="digits", amp="off", ...)): the `mixmatch train` path
+    Trainer  mixmatch.training.trainer.Trainer(TrainConfig(dataset="digits", amp="off", ...)): the `mixmatch train` path
     fastai   image_dataloaders + mixmatch_learner (MixMatchCallback + EMACallback), learn.fit(epochs, 2e-3)
 
 Left different, by design of each side: the Trainer draws each labelled batch with replacement, fastai
@@ -39,8 +39,8 @@ import torch
 
 from mixmatch.config import TrainConfig, augmentation_of
 from mixmatch.data import ImageDataset, labeled_split, load_dataset
-from mixmatch.step import BN_MODES, MIX_MODES
-from mixmatch.train import Trainer, seed_everything
+from mixmatch.methods.mixmatch import BN_MODES, MIX_MODES
+from mixmatch.training.trainer import Trainer, seed_everything
 
 DATASET = "digits"
 
@@ -214,8 +214,9 @@ def markdown(r: dict[str, Any]) -> str:
     lines += [
         "",
         "Each seed: the same labelled split on both sides (`trainer-seed*/split.json`). Trainer: "
-        "`mixmatch.train.Trainer` with amp off; fastai: `image_dataloaders` + `mixmatch_learner`, `learn.fit` at a "
-        "constant lr. Test split: 500 images, so one image is 0.2 points. Wall times are on a shared machine.",
+        "`mixmatch.training.trainer.Trainer` with amp off; fastai: `image_dataloaders` + `mixmatch_learner`, "
+        "`learn.fit` at a constant lr. Test split: 500 images, so one image is 0.2 points. Wall times are on a "
+        "shared machine.",
         "",
     ]
     return "\n".join(lines)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from mixmatch.cli import add_config_flags, config_from_args
-from mixmatch.train import Trainer
+from mixmatch.training.trainer import Trainer
 
 
 def guess_record(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> dict:

@@ -16,10 +16,10 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from mixmatch.checkpoint import CheckpointError
-from mixmatch.dataset import DataError
+from mixmatch.data.dataset import DataError
+from mixmatch.experiments.report import group_name, read_run
 from mixmatch.export import evaluate, export
-from mixmatch.report import group_name, read_run
+from mixmatch.training.checkpoint import CheckpointError
 
 
 def per_class_rows(runs: list[str], data_dir: str | None) -> dict[str, list[dict[str, float]]]:

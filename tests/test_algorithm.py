@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from conftest import LookupModel
-from mixmatch import algorithm as A
+from mixmatch import algorithm
 
 settings.register_profile("ci", deadline=None, max_examples=40)
 settings.load_profile("ci")
@@ -25,7 +25,7 @@ def random_probs(n: int, classes: int, seed: int) -> torch.Tensor:
 @given(n=dims, classes=st.integers(2, 12), T=temperatures, seed=st.integers(0, 2**16))
 def test_sharpen_rows_sum_to_one_and_keep_argmax(n, classes, T, seed):
     p = random_probs(n, classes, seed)
-    q = A.sharpen(p, T)
+    q = algorithm.sharpen(p, T)
     assert q.shape == p.shape
     torch.testing.assert_close(q.sum(-1), torch.ones(n))
     assert (q >= 0).all()
@@ -35,7 +35,7 @@ def test_sharpen_rows_sum_to_one_and_keep_argmax(n, classes, T, seed):
 @given(n=dims, classes=st.integers(2, 12), seed=st.integers(0, 2**16))
 def test_sharpen_t1_is_identity(n, classes, seed):
     p = random_probs(n, classes, seed)
-    torch.testing.assert_close(A.sharpen(p, 1.0), p)
+    torch.testing.assert_close(algorithm.sharpen(p, 1.0), p)
 
 
 @given(n=dims, classes=st.integers(2, 12), seed=st.integers(0, 2**16), T=st.floats(0.1, 0.9))
@@ -45,23 +45,23 @@ def test_sharpen_lowers_entropy_below_t1(n, classes, seed, T):
     def entropy(x):
         return -(x * x.clamp_min(1e-30).log()).sum(-1)
 
-    assert (entropy(A.sharpen(p, T)) <= entropy(p) + 1e-5).all()
+    assert (entropy(algorithm.sharpen(p, T)) <= entropy(p) + 1e-5).all()
 
 
 def test_sharpen_tends_to_one_hot():
     p = torch.tensor([[0.3, 0.5, 0.2], [0.34, 0.33, 0.33]])
-    q = A.sharpen(p, 1e-3)
+    q = algorithm.sharpen(p, 1e-3)
     torch.testing.assert_close(q, F.one_hot(p.argmax(-1), 3).float())
 
 
 def test_sharpen_refuses_nonpositive_temperature():
     with pytest.raises(ValueError, match="T must be > 0"):
-        A.sharpen(torch.ones(1, 2) / 2, 0.0)
+        algorithm.sharpen(torch.ones(1, 2) / 2, 0.0)
 
 
 @given(n=st.integers(1, 64), alpha=st.floats(0.05, 10.0))
 def test_mix_weights_at_least_half(n, alpha):
-    lam = A.sample_mix_weights(n, alpha, torch.zeros(1))
+    lam = algorithm.sample_mix_weights(n, alpha, torch.zeros(1))
     assert lam.shape == (n,)
     assert ((lam >= 0.5) & (lam <= 1.0)).all()
 
@@ -71,7 +71,7 @@ def test_mixup_stays_closer_to_first_input(n, classes, alpha, seed):
     torch.manual_seed(seed)
     x1, x2 = torch.ones(n, 3, 4, 4), torch.zeros(n, 3, 4, 4)
     y1, y2 = random_probs(n, classes, seed), random_probs(n, classes, seed + 1)
-    x, y = A.mixup(x1, y1, x2, y2, alpha)
+    x, y = algorithm.mixup(x1, y1, x2, y2, alpha)
     lam = x[:, 0, 0, 0]
     assert x.shape == x1.shape and y.shape == y1.shape
     assert (lam >= 0.5).all()
@@ -82,21 +82,22 @@ def test_mixup_stays_closer_to_first_input(n, classes, alpha, seed):
 
 
 def test_mixup_draws_one_lambda_per_example():
-    x, _ = A.mixup(torch.ones(256, 1), torch.ones(256, 2) / 2, torch.zeros(256, 1), torch.ones(256, 2) / 2, 0.75)
+    half = torch.ones(256, 2) / 2
+    x, _ = algorithm.mixup(torch.ones(256, 1), half, torch.zeros(256, 1), half, 0.75)
     assert x.unique().numel() > 200
 
 
 def test_mixup_alpha_zero_is_no_mixing():
     x1, x2 = torch.randn(5, 3), torch.randn(5, 3)
     y1, y2 = torch.eye(3)[[0, 1, 2, 0, 1]], torch.eye(3)[[2, 2, 2, 2, 2]]
-    x, y = A.mixup(x1, y1, x2, y2, 0.0)
+    x, y = algorithm.mixup(x1, y1, x2, y2, 0.0)
     torch.testing.assert_close(x, x1)
     torch.testing.assert_close(y, y1)
 
 
 def test_mix_weights_follow_folded_beta():
     # E[max(l, 1-l)] for l ~ Beta(1, 1) (uniform) is 3/4.
-    lam = A.sample_mix_weights(200_000, 1.0, torch.zeros(1))
+    lam = algorithm.sample_mix_weights(200_000, 1.0, torch.zeros(1))
     assert abs(lam.mean().item() - 0.75) < 0.005
 
 
@@ -105,8 +106,8 @@ def test_guess_labels_averages_views_then_sharpens(k, b, T, seed):
     g = torch.Generator().manual_seed(seed)
     table = torch.randn(k * b, 5, generator=g)
     views = torch.arange(k * b, dtype=torch.float32).view(k, b, 1, 1, 1).expand(k, b, 1, 2, 2)
-    q = A.guess_labels(LookupModel(table), views, T)
-    expected = A.sharpen(torch.softmax(table, -1).view(k, b, 5).mean(0), T)
+    q = algorithm.guess_labels(LookupModel(table), views, T)
+    expected = algorithm.sharpen(torch.softmax(table, -1).view(k, b, 5).mean(0), T)
     assert q.shape == (b, 5)
     torch.testing.assert_close(q, expected)
     torch.testing.assert_close(q.sum(-1), torch.ones(b))
@@ -114,7 +115,7 @@ def test_guess_labels_averages_views_then_sharpens(k, b, T, seed):
 
 def test_guess_labels_has_no_gradient():
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
-    q = A.guess_labels(model, torch.randn(2, 3, 3, 2, 2), 0.5)
+    q = algorithm.guess_labels(model, torch.randn(2, 3, 3, 2, 2), 0.5)
     assert not q.requires_grad
 
 
@@ -122,7 +123,7 @@ def test_frozen_batchnorm_keeps_running_stats_and_uses_batch_stats():
     model = nn.Sequential(nn.BatchNorm2d(3, momentum=0.5)).train()
     before = [model[0].running_mean.clone(), model[0].running_var.clone(), model[0].num_batches_tracked.clone()]
     x = torch.randn(8, 3, 4, 4) + 5
-    with A.frozen_batchnorm_stats(model):
+    with algorithm.frozen_batchnorm_stats(model):
         out = model(x)
     after = [model[0].running_mean, model[0].running_var, model[0].num_batches_tracked]
     assert all(torch.equal(kept, now) for kept, now in zip(before, after, strict=True))
@@ -140,7 +141,7 @@ def test_mixmatch_batch_assembly(k, b, alpha, seed):
     u = torch.full((k, b, 1, 2, 2), -10.0)
     p = F.one_hot(torch.randint(classes, (b,)), classes).float()
     q = random_probs(b, classes, seed)
-    x_mix, p_mix, u_mix, q_mix = A.mixmatch(x, p, u, q, alpha)
+    x_mix, p_mix, u_mix, q_mix = algorithm.mixmatch(x, p, u, q, alpha)
     assert x_mix.shape == (b, 1, 2, 2) and p_mix.shape == (b, classes)
     assert u_mix.shape == (k * b, 1, 2, 2) and q_mix.shape == (k * b, classes)
     torch.testing.assert_close(p_mix.sum(-1), torch.ones(b))
@@ -159,14 +160,14 @@ def test_mixmatch_partners_come_from_both_sets():
     u = torch.full((k, b, 1, 1, 1), -1.0)
     p = torch.eye(2)[torch.zeros(b, dtype=torch.long)]
     q = torch.eye(2)[torch.ones(b, dtype=torch.long)]
-    x_mix, _, u_mix, _ = A.mixmatch(x, p, u, q, 0.75)
+    x_mix, _, u_mix, _ = algorithm.mixmatch(x, p, u, q, 0.75)
     assert (x_mix < 1).any() and (x_mix == 1).any()  # some X' partners are unlabelled, some labelled
     assert (u_mix > -1).any() and (u_mix == -1).any()
 
 
 @given(batch=st.integers(3, 100), nu=st.integers(1, 4))
 def test_interleave_offsets_cover_the_batch(batch, nu):
-    offsets = A.interleave_offsets(batch, nu)
+    offsets = algorithm.interleave_offsets(batch, nu)
     assert offsets[0] == 0 and offsets[-1] == batch and len(offsets) == nu + 2
     sizes = [b - a for a, b in zip(offsets, offsets[1:], strict=False)]
     assert max(sizes) - min(sizes) <= 1
@@ -175,29 +176,30 @@ def test_interleave_offsets_cover_the_batch(batch, nu):
 @given(batch=st.integers(3, 40), nu=st.integers(1, 3))
 def test_interleave_is_its_own_inverse_and_mixes(batch, nu):
     batches = [torch.full((batch, 2), float(i)) for i in range(nu + 1)]
-    mixed = A.interleave(batches, batch)
+    mixed = algorithm.interleave(batches, batch)
     assert all(m.shape == (batch, 2) for m in mixed)
     if batch >= nu + 1:
         assert set(mixed[0][:, 0].tolist()) == set(range(nu + 1))
-    restored = A.interleave(mixed, batch)
+    restored = algorithm.interleave(mixed, batch)
     for a, b in zip(restored, batches, strict=True):
         torch.testing.assert_close(a, b)
 
 
 def test_linear_rampup_at_start_half_and_end():
-    assert A.linear_rampup(0, 3000) == 0.0
-    assert A.linear_rampup(1500, 3000) == 0.5
-    assert A.linear_rampup(3000, 3000) == 1.0
-    assert A.linear_rampup(10_000, 3000) == 1.0
-    assert A.linear_rampup(5, 0) == 1.0
-    torch.testing.assert_close(A.linear_rampup(torch.tensor([0, 1500, 4000]), 3000), torch.tensor([0.0, 0.5, 1.0]))
+    assert algorithm.linear_rampup(0, 3000) == 0.0
+    assert algorithm.linear_rampup(1500, 3000) == 0.5
+    assert algorithm.linear_rampup(3000, 3000) == 1.0
+    assert algorithm.linear_rampup(10_000, 3000) == 1.0
+    assert algorithm.linear_rampup(5, 0) == 1.0
+    ramp = algorithm.linear_rampup(torch.tensor([0, 1500, 4000]), 3000)
+    torch.testing.assert_close(ramp, torch.tensor([0.0, 0.5, 1.0]))
 
 
 def test_soft_cross_entropy_matches_hard_labels():
     logits = torch.randn(6, 5)
     labels = torch.randint(5, (6,))
     torch.testing.assert_close(
-        A.soft_cross_entropy(logits, F.one_hot(labels, 5).float()), F.cross_entropy(logits, labels)
+        algorithm.soft_cross_entropy(logits, F.one_hot(labels, 5).float()), F.cross_entropy(logits, labels)
     )
 
 
@@ -206,15 +208,15 @@ def test_l2_is_squared_error_over_classes_and_batch():
     targets = torch.softmax(torch.randn(4, 10), -1)
     probs = torch.softmax(logits, -1)
     expected = sum(((probs[i] - targets[i]) ** 2).sum() / 10 for i in range(4)) / 4
-    torch.testing.assert_close(A.l2_consistency(logits, targets), expected)
+    torch.testing.assert_close(algorithm.l2_consistency(logits, targets), expected)
 
 
 def test_mixmatch_loss_combines_terms():
     lx, lu = torch.randn(4, 3), torch.randn(8, 3)
     tx, tu = torch.softmax(torch.randn(4, 3), -1), torch.softmax(torch.randn(8, 3), -1)
-    total, loss_x, loss_u = A.mixmatch_loss(lx, tx, lu, tu, 75.0)
+    total, loss_x, loss_u = algorithm.mixmatch_loss(lx, tx, lu, tu, 75.0)
     torch.testing.assert_close(total, loss_x + 75.0 * loss_u)
-    assert math.isclose(loss_u.item(), A.l2_consistency(lu, tu).item())
+    assert math.isclose(loss_u.item(), algorithm.l2_consistency(lu, tu).item())
 
 
 @given(n=dims, classes=st.integers(2, 12), seed=st.integers(0, 2**16))
@@ -222,19 +224,19 @@ def test_distribution_alignment_is_a_renormalised_reweighting(n, classes, seed):
     p = random_probs(n, classes, seed)
     model_marginal = random_probs(1, classes, seed + 1)[0].clamp_min(1e-3)
     target = torch.full((classes,), 1 / classes)
-    aligned = A.align_distribution(p, model_marginal, target)
+    aligned = algorithm.align_distribution(p, model_marginal, target)
     torch.testing.assert_close(aligned.sum(-1), torch.ones(n))
     # Every row is p scaled class by class by the same weights target / model (up to its own normaliser).
     weights = target / model_marginal
     scale = aligned / p
     torch.testing.assert_close(scale / scale[:, :1], (weights / weights[0]).expand(n, -1), rtol=1e-3, atol=1e-6)
-    torch.testing.assert_close(A.align_distribution(p, target, target), p)
+    torch.testing.assert_close(algorithm.align_distribution(p, target, target), p)
 
 
 def test_distribution_alignment_brings_back_a_vanishing_class():
     """Guesses that under-predict class 2 (marginal 0.05 against 1/3 labelled) get class 2 raised."""
     p = torch.tensor([[0.5, 0.3, 0.2], [0.45, 0.45, 0.1]])
-    aligned = A.align_distribution(p, torch.tensor([0.5, 0.45, 0.05]), torch.full((3,), 1 / 3))
+    aligned = algorithm.align_distribution(p, torch.tensor([0.5, 0.45, 0.05]), torch.full((3,), 1 / 3))
     assert (aligned[:, 2] > p[:, 2]).all() and aligned[0].argmax() == 2
 
 
@@ -242,6 +244,10 @@ def test_guess_labels_aligns_before_sharpening():
     table = torch.randn(6, 4)
     views = torch.arange(6, dtype=torch.float32).view(2, 3, 1, 1, 1).expand(2, 3, 1, 2, 2)
     marginal, target = torch.tensor([0.4, 0.3, 0.2, 0.1]), torch.full((4,), 0.25)
-    q = A.guess_labels(LookupModel(table), views, 0.5, lambda p: A.align_distribution(p, marginal, target))
+
+    def aligned(p):
+        return algorithm.align_distribution(p, marginal, target)
+
+    q = algorithm.guess_labels(LookupModel(table), views, 0.5, aligned)
     p = torch.softmax(table, -1).view(2, 3, 4).mean(0)
-    torch.testing.assert_close(q, A.sharpen(A.align_distribution(p, marginal, target), 0.5))
+    torch.testing.assert_close(q, algorithm.sharpen(algorithm.align_distribution(p, marginal, target), 0.5))

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from mixmatch import budget
 from mixmatch.cli import main
 from mixmatch.config import PRESETS, ConfigError, TrainConfig
-from mixmatch.loaders import load_dataset
-from mixmatch.train import Trainer
+from mixmatch.data.loaders import load_dataset
+from mixmatch.training import budget
+from mixmatch.training.trainer import Trainer
 from test_data_flags import image_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -146,7 +146,7 @@ def test_a_tight_budget_evaluates_fewer_times_and_counts_its_steps_in_tens():
 
 
 def test_a_capped_run_says_so_and_records_its_steps(tmp_path, digits, monkeypatch, capsys):
-    from mixmatch.train import train
+    from mixmatch.training.trainer import train
 
     monkeypatch.setattr(budget, "time_run", lambda cfg, data: (30.0, 1.0))  # a very slow machine
     cfg = TrainConfig(dataset="digits", max_minutes=1, steps=400, rampup_steps=200, eval_every=100, amp="off",

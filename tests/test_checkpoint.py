@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from mixmatch import checkpoint as C
-from mixmatch import runfolder as R
+from mixmatch import runfolder
 from mixmatch.config import TrainConfig
 from mixmatch.data import ImageDataset
-from mixmatch.runtime import rng_state, set_rng_state
-from mixmatch.train import Trainer, TrainingDiverged, TrainingInterrupted
+from mixmatch.training import checkpoint
+from mixmatch.training.runtime import rng_state, set_rng_state
+from mixmatch.training.trainer import Trainer, TrainingDiverged, TrainingInterrupted
 
 # Bit-exact runs on CPU need the same kernels and reduction order in the killed, the resumed and the
 # uninterrupted process: one intra-op thread everywhere (also faster on two shared cores), fp32 (no bf16
@@ -55,17 +55,17 @@ def test_sigkill_then_resume_gives_bit_identical_weights(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     uninterrupted = subprocess.Popen(cli(*args, "--out", str(full)), env=ENV, stdout=subprocess.DEVNULL)
     killed = subprocess.Popen(cli(*args, "--out", str(cut)), env=ENV, stdout=subprocess.DEVNULL)
-    wait_for(lambda: R.checkpoints(cut) or killed.poll() is not None)
+    wait_for(lambda: runfolder.checkpoints(cut) or killed.poll() is not None)
     killed.send_signal(signal.SIGKILL)
     assert killed.wait() == -signal.SIGKILL
     assert not (cut / "summary.json").exists(), "the run finished before the kill; make it longer"
-    killed_at = int(R.checkpoints(cut)[-1].stem.split("-")[1])
+    killed_at = int(runfolder.checkpoints(cut)[-1].stem.split("-")[1])
 
     resumed = subprocess.run(cli("train", "--resume", str(cut), "--no-progress"), env=ENV, capture_output=True)
     assert resumed.returncode == 0, resumed.stderr
     assert uninterrupted.wait() == 0
 
-    a, b = C.safe_load(R.checkpoints(full)[-1]), C.safe_load(R.checkpoints(cut)[-1])
+    a, b = checkpoint.safe_load(runfolder.checkpoints(full)[-1]), checkpoint.safe_load(runfolder.checkpoints(cut)[-1])
     assert a["step"] == b["step"] == 160 and killed_at < 160
     for part in ("model", "ema"):
         assert a[part].keys() == b[part].keys()
@@ -83,8 +83,8 @@ def test_sigkill_then_resume_gives_bit_identical_weights(tmp_path):
 
 # `mixmatch ARGS...` with runtime.free_cpus, the seam of --threads auto, reporting IDLE CPUs: the load of the moment.
 UNDER_LOAD = (
-    "import sys, mixmatch.runtime as r; idle = float(sys.argv.pop(1)); r.free_cpus = lambda interval=0.1: idle; "
-    "from mixmatch.cli import main; sys.exit(main(sys.argv[1:]))"
+    "import sys, mixmatch.training.runtime as r; idle = float(sys.argv.pop(1)); "
+    "r.free_cpus = lambda interval=0.1: idle; from mixmatch.cli import main; sys.exit(main(sys.argv[1:]))"
 )
 
 
@@ -102,7 +102,7 @@ def test_sigkill_then_resume_under_another_load_keeps_the_threads_and_the_weight
     done = subprocess.run(cli_with_idle(2, *args, "--out", str(full)), env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     killed = subprocess.Popen(cli_with_idle(2, *args, "--out", str(cut)), env=env, stdout=subprocess.DEVNULL)
-    wait_for(lambda: R.checkpoints(cut) or killed.poll() is not None)
+    wait_for(lambda: runfolder.checkpoints(cut) or killed.poll() is not None)
     killed.send_signal(signal.SIGKILL)
     assert killed.wait() == -signal.SIGKILL
     assert not (cut / "summary.json").exists(), "the run finished before the kill; make it longer"
@@ -114,7 +114,7 @@ def test_sigkill_then_resume_under_another_load_keeps_the_threads_and_the_weight
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert f"mixmatch: continuing {cut} from step 40 of 120 (step-00000040.pt, cpu, 2 CPU threads)" in resumed.stderr
-    a, b = C.safe_load(R.checkpoints(full)[-1]), C.safe_load(R.checkpoints(cut)[-1])
+    a, b = checkpoint.safe_load(runfolder.checkpoints(full)[-1]), checkpoint.safe_load(runfolder.checkpoints(cut)[-1])
     assert a["step"] == b["step"] == 120
     for part in ("model", "ema"):
         for key in a[part]:
@@ -128,7 +128,7 @@ def test_resume_says_when_the_threads_or_device_differ_from_the_runs_own(finishe
     run = tmp_path / "copy"
     subprocess.run(["cp", "-r", str(finished_run), str(run)], check=True)
     (run / "summary.json").unlink()
-    (R.checkpoints(run)[-1]).unlink()
+    (runfolder.checkpoints(run)[-1]).unlink()
     recorded = json.loads((run / "config.json").read_text())["threads"]
     assert isinstance(recorded, int)
     other = recorded + 1
@@ -136,7 +136,7 @@ def test_resume_says_when_the_threads_or_device_differ_from_the_runs_own(finishe
         assert main(["train", "--resume", str(run), "--threads", str(other), "--no-progress"]) == 0
     assert f"computed with --threads {recorded}; continuing with --threads {other}" in caplog.text
     assert "will not end with the weights of an uninterrupted run" in caplog.text
-    assert f"({R.checkpoints(run)[0].name}, cpu, {other} CPU threads)" in capsys.readouterr().err
+    assert f"({runfolder.checkpoints(run)[0].name}, cpu, {other} CPU threads)" in capsys.readouterr().err
 
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "device": "cuda"}))
@@ -161,9 +161,9 @@ def test_sigterm_saves_a_checkpoint_and_says_where(tmp_path):
     line = stderr.strip().splitlines()[-1]
     assert line.startswith("mixmatch: stopped by SIGTERM at step "), stderr
     saved = pathlib.Path(line.split("checkpoint saved to ")[1].split(";")[0])
-    assert saved.is_file() and R.checkpoints(run) == [saved]
+    assert saved.is_file() and runfolder.checkpoints(run) == [saved]
     step = int(line.split("at step ")[1].split(";")[0])
-    assert C.safe_load(saved)["step"] == step > 0
+    assert checkpoint.safe_load(saved)["step"] == step > 0
     assert f"mixmatch train --resume {run}" in line
     assert not (run / "summary.json").exists()
 
@@ -187,7 +187,7 @@ def test_a_stopped_grid_saves_each_running_run_and_resume_finishes_it_as_if_neve
     assert line.endswith("), 1 not started; finish the grid: the same command with --resume")
     for method in ("mixmatch", "supervised"):
         run = grid / f"{method}-seed0"
-        assert str(run) in line and len(R.checkpoints(run)) == 1 and not (run / "summary.json").exists()
+        assert str(run) in line and len(runfolder.checkpoints(run)) == 1 and not (run / "summary.json").exists()
     assert not (grid / "fully-supervised-seed0" / "metrics.jsonl").exists()
 
     for out, extra in ((grid, ["--resume"]), (whole, [])):
@@ -196,7 +196,7 @@ def test_a_stopped_grid_saves_each_running_run_and_resume_finishes_it_as_if_neve
     finished, uninterrupted = (json.loads((out / "results.json").read_text()) for out in (grid, whole))
     assert [r["accuracies"] for r in finished] == [r["accuracies"] for r in uninterrupted]
     for method in ("mixmatch", "supervised", "fully-supervised"):
-        a, b = (C.safe_load(R.checkpoints(out / f"{method}-seed0")[-1]) for out in (grid, whole))
+        a, b = (checkpoint.safe_load(runfolder.checkpoints(out / f"{method}-seed0")[-1]) for out in (grid, whole))
         assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), method
 
 
@@ -215,12 +215,12 @@ def finished_run(tmp_path_factory, digits) -> pathlib.Path:
 
 def test_checkpoints_are_kept_and_rotated(tmp_path, digits):
     Trainer(config(tmp_path, checkpoint_every=4, keep_checkpoints=2), digits).fit()
-    names = [p.name for p in R.checkpoints(tmp_path / "run")]
+    names = [p.name for p in runfolder.checkpoints(tmp_path / "run")]
     assert names == ["step-00000016.pt", "step-00000020.pt"]
     assert not list((tmp_path / "run" / "checkpoints").glob(".*")), "no temporary files left behind"
     # A fresh run in the same folder starts without the earlier run's checkpoints.
     Trainer(config(tmp_path, steps=8, checkpoint_every=4, keep_checkpoints=2), digits).fit()
-    assert [p.name for p in R.checkpoints(tmp_path / "run")] == ["step-00000004.pt", "step-00000008.pt"]
+    assert [p.name for p in runfolder.checkpoints(tmp_path / "run")] == ["step-00000004.pt", "step-00000008.pt"]
 
 
 def test_sigint_stops_at_the_step_with_a_checkpoint(tmp_path, digits):
@@ -230,7 +230,7 @@ def test_sigint_stops_at_the_step_with_a_checkpoint(tmp_path, digits):
     with pytest.raises(TrainingInterrupted, match="stopped by SIGINT at step 8") as stop:
         trainer.fit()
     assert stop.value.signum == signal.SIGINT
-    assert [p.name for p in R.checkpoints(tmp_path / "run")] == ["step-00000008.pt"]
+    assert [p.name for p in runfolder.checkpoints(tmp_path / "run")] == ["step-00000008.pt"]
     assert signal.getsignal(signal.SIGINT) is handler, "the previous handler is back"
 
 
@@ -240,9 +240,9 @@ def test_nan_stops_naming_the_step_and_the_last_checkpoint(tmp_path, digits, mon
     # The loss turns NaN in step 11; the checkpoint of step 15 comes before the log record of step 20.
     with pytest.raises(TrainingDiverged, match=r"at step 15.*the last checkpoint is .*step-00000010\.pt"):
         trainer.fit()
-    assert [p.name for p in R.checkpoints(tmp_path / "run")] == ["step-00000005.pt", "step-00000010.pt"]
-    for path in R.checkpoints(tmp_path / "run"):
-        assert C.all_finite(C.safe_load(path)["model"].values())
+    assert [p.name for p in runfolder.checkpoints(tmp_path / "run")] == ["step-00000005.pt", "step-00000010.pt"]
+    for path in runfolder.checkpoints(tmp_path / "run"):
+        assert checkpoint.all_finite(checkpoint.safe_load(path)["model"].values())
 
 
 def test_resume_drops_metrics_written_after_the_checkpoint(tmp_path, digits):
@@ -250,7 +250,7 @@ def test_resume_drops_metrics_written_after_the_checkpoint(tmp_path, digits):
     Trainer(config(tmp_path, checkpoint_every=10, keep_checkpoints=5), digits).fit()
     before = records(run)
     # As if killed after the records of step 20 but before its checkpoint.
-    R.checkpoints(run)[-1].unlink()
+    runfolder.checkpoints(run)[-1].unlink()
     resumed = Trainer(config(tmp_path, checkpoint_every=10, keep_checkpoints=5), digits)
     assert resumed.resume().name == "step-00000010.pt" and resumed.step == 10
     resumed.fit()
@@ -263,7 +263,7 @@ def test_truncated_checkpoint_is_one_line(finished_run, tmp_path, cli_error):
     run.mkdir()
     (run / "config.json").write_text((finished_run / "config.json").read_text())
     (run / "checkpoints").mkdir()
-    data = R.checkpoints(finished_run)[-1].read_bytes()
+    data = runfolder.checkpoints(finished_run)[-1].read_bytes()
     (run / "checkpoints" / "step-00000020.pt").write_bytes(data[: len(data) // 2])
     assert "is truncated or not a checkpoint" in cli_error("train", "--resume", str(run))
 
@@ -291,7 +291,7 @@ def test_damaged_newest_checkpoint_and_cut_metrics_resume_from_the_one_before(tm
     with pytest.raises(TrainingInterrupted):
         damaged.fit()
     run = tmp_path / "cut" / "run"
-    newest = R.checkpoints(run)[-1]
+    newest = runfolder.checkpoints(run)[-1]
     assert newest.name == "step-00000020.pt"
     data = newest.read_bytes()
     newest.write_bytes(data[: len(data) // 2])
@@ -325,12 +325,14 @@ def test_a_run_whose_checkpoints_are_all_damaged_names_the_newest_problem(finish
     (run / "checkpoints").mkdir(parents=True)
     for step in (10, 20):
         (run / "checkpoints" / f"step-{step:08d}.pt").write_bytes(b"")
-    with pytest.raises(C.CheckpointError, match=r"none of the 2 checkpoints of .* loads; the newest: checkpoint "
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"none of the 2 checkpoints of .* loads; the newest: checkpoint "
                        r".*step-00000020\.pt is truncated or not a checkpoint \(0 bytes: an empty file"):
-        C.load_newest(run)
+        checkpoint.load_newest(run)
     (run / "checkpoints" / "step-00000010.pt").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(C.CheckpointError, match=r"truncated or not a checkpoint \(23 bytes: not a file torch.save "):
-        C.safe_load(run / "checkpoints" / "step-00000010.pt")
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"truncated or not a checkpoint \(23 bytes: not a file torch.save "):
+        checkpoint.safe_load(run / "checkpoints" / "step-00000010.pt")
 
 
 def test_pickle_with_code_is_refused(finished_run, tmp_path, capsys):
@@ -341,18 +343,18 @@ def test_pickle_with_code_is_refused(finished_run, tmp_path, capsys):
             return (pathlib.Path.touch, (marker,))
 
     path = tmp_path / "evil.pt"
-    torch.save({"format": C.FORMAT, "model": Payload()}, path)
-    with pytest.raises(C.CheckpointError, match="refused to load checkpoint .*objects other than tensors"):
-        C.safe_load(path)
+    torch.save({"format": checkpoint.FORMAT, "model": Payload()}, path)
+    with pytest.raises(checkpoint.CheckpointError, match="refused to load checkpoint .*objects other than tensors"):
+        checkpoint.safe_load(path)
     assert not marker.exists()
 
 
 def test_checkpoint_of_another_architecture_is_refused(finished_run, digits, tmp_path):
     trainer = Trainer(config(tmp_path, arch="wrn28_2"), digits)
-    path = R.checkpoints(finished_run)[-1]
+    path = runfolder.checkpoints(finished_run)[-1]
     message = "holds a cnn for 10 classes of 1x8x8 images; this run builds a wrn28_2 for 10 classes"
-    with pytest.raises(C.CheckpointError, match=message):
-        trainer.load_state_dict(C.safe_load(path), path)
+    with pytest.raises(checkpoint.CheckpointError, match=message):
+        trainer.load_state_dict(checkpoint.safe_load(path), path)
 
 
 def test_checkpoint_of_another_class_count_is_refused(finished_run, digits, tmp_path):
@@ -366,15 +368,15 @@ def test_checkpoint_of_another_class_count_is_refused(finished_run, digits, tmp_
         digits.classes[:5],
     )
     trainer = Trainer(config(tmp_path, num_labels=25), five)
-    path = R.checkpoints(finished_run)[-1]
-    with pytest.raises(C.CheckpointError, match="holds a cnn for 10 classes .* builds a cnn for 5 classes"):
-        trainer.load_state_dict(C.safe_load(path), path)
+    path = runfolder.checkpoints(finished_run)[-1]
+    with pytest.raises(checkpoint.CheckpointError, match="holds a cnn for 10 classes .* builds a cnn for 5 classes"):
+        trainer.load_state_dict(checkpoint.safe_load(path), path)
 
 
 def test_foreign_and_missing_files_are_one_line(finished_run, tmp_path, cli_error):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
-    with pytest.raises(C.CheckpointError, match="is not a mixmatch checkpoint"):
-        C.safe_load(tmp_path / "foreign.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="is not a mixmatch checkpoint"):
+        checkpoint.safe_load(tmp_path / "foreign.pt")
     assert "is not a run folder" in cli_error("train", "--resume", str(tmp_path / "nothing"))
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -57,7 +57,7 @@ def test_pad_and_flip_are_fields_filled_from_the_preset():
 
 
 def test_the_trainer_augments_with_the_configs_pad_and_flip(tmp_path, digits):
-    from mixmatch.train import Trainer
+    from mixmatch.training.trainer import Trainer
 
     trainer = Trainer(TrainConfig(steps=1, pad=3, flip=True, progress=False, out=str(tmp_path)), digits)
     assert (trainer.augment.pad, trainer.augment.flip) == (3, True)

@@ -139,7 +139,7 @@ def test_demo_runs_on_a_folder_without_test_split(tmp_path, capsys):
 
 def test_a_folder_without_test_split_says_what_it_held_out(tmp_path, caplog):
     from mixmatch.config import TrainConfig
-    from mixmatch.splits import load_for_config
+    from mixmatch.data.splits import load_for_config
 
     image_folder(tmp_path, with_test=False)
     data = load_for_config(TrainConfig(dataset="folder", data_dir=str(tmp_path), image_size=8))

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mixmatch import checkpoint as C
-from mixmatch import runfolder as R
+from mixmatch import runfolder
 from mixmatch.config import TrainConfig
-from mixmatch.train import Trainer
+from mixmatch.training import checkpoint
+from mixmatch.training.trainer import Trainer
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # Every logged loss of the two-process run within LOSS_TOLERANCE of the one-process run, and their mean
@@ -51,7 +51,7 @@ def test_torchrun_two_processes_follow_the_one_process_loss_curve(tmp_path):
     assert max(gaps) < LOSS_TOLERANCE and sum(gaps) / len(gaps) < MEAN_TOLERANCE, (curve_one, curve_two)
     assert curve_two[-1] < 0.6 * curve_two[0]
 
-    state = C.safe_load(R.checkpoints(tmp_path / "two")[-1])
+    state = checkpoint.safe_load(runfolder.checkpoints(tmp_path / "two")[-1])
     assert len(state["rng"]) == 2 and not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
 
 
@@ -91,7 +91,7 @@ def test_sync_bn_is_refused_on_cpu(tmp_path):
 @pytest.mark.parametrize(("group", "expected"), [((0, 1, 0), "cuda:3"), ((1, 2, 1), "cuda:1")])
 def test_plain_cuda_becomes_an_indexed_device_before_set_device(monkeypatch, group, expected):
     """torch.cuda.set_device refuses `cuda` without an index (the first GPU check crashed on it)."""
-    from mixmatch.distributed import ProcessGroup
+    from mixmatch.training.distributed import ProcessGroup
 
     chosen = []
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)

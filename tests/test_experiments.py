@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from mixmatch.ablate import ABLATIONS, ablation_configs
 from mixmatch.cli import main
 from mixmatch.config import TrainConfig
-from mixmatch.demo import sharpening_demo, train_pseudo_label
-from mixmatch.figures import all_figures
+from mixmatch.experiments.ablate import ABLATIONS, ablation_configs
+from mixmatch.experiments.demo import sharpening_demo, train_pseudo_label
+from mixmatch.experiments.figures import all_figures
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,14 +9,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from mixmatch import checkpoint as C
-from mixmatch import export as E
-from mixmatch import runfolder as R
+from mixmatch import export, runfolder
 from mixmatch.cli import main
 from mixmatch.config import TrainConfig
-from mixmatch.dataset import DataError
-from mixmatch.images import ImageError
-from mixmatch.train import Trainer
+from mixmatch.data.dataset import DataError
+from mixmatch.data.images import ImageError
+from mixmatch.training import checkpoint
+from mixmatch.training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,16 +48,16 @@ def test_export_skips_a_damaged_newest_checkpoint_with_one_warning(trained, tmp_
     _, _, run = trained
     copy = tmp_path / "run"
     (copy / "checkpoints").mkdir(parents=True)
-    good = R.checkpoints(run)[-1]
+    good = runfolder.checkpoints(run)[-1]
     (copy / "checkpoints" / good.name).write_bytes(good.read_bytes())
     cut = copy / "checkpoints" / "step-00000130.pt"
     cut.write_bytes(good.read_bytes()[:1000])
     with caplog.at_level(logging.WARNING):
-        out = E.export(copy)
+        out = export.export(copy)
     [warning] = caplog.messages
     using = copy / "checkpoints" / good.name
     assert f"skipped 1 newer checkpoint(s) that do not load, using {using}: checkpoint {cut} is truncated" in warning
-    assert json.loads(R.model_meta_path(out).read_text())["step"] == 120
+    assert json.loads(runfolder.model_meta_path(out).read_text())["step"] == 120
     exported, original = load_file(str(out)), load_file(str(run / "model.safetensors"))
     assert all(torch.equal(exported[k], original[k]) for k in original)
 
@@ -70,7 +69,7 @@ def test_evaluate_matches_the_trainer_and_draws_the_confusion_matrix(trained, ca
     result = json.loads(capsys.readouterr().out)
     assert result["accuracy"] == summary["test_accuracy"] and result["images"] == 500
     assert png.stat().st_size > 10_000
-    matrix = E.evaluate(run, "digits", out=png)["confusion"]
+    matrix = export.evaluate(run, "digits", out=png)["confusion"]
     assert sum(map(sum, matrix)) == 500 and sum(matrix[i][i] for i in range(10)) == round(500 * result["accuracy"])
     per_class = result["per_class_accuracy"]
     assert list(per_class) == [str(i) for i in range(10)]
@@ -83,7 +82,7 @@ def test_the_per_class_example_tabulates_what_evaluate_measures(trained, capsys,
     from pathlib import Path
 
     _, _, run = trained
-    per_class = E.evaluate(run, "digits")["per_class_accuracy"]
+    per_class = export.evaluate(run, "digits")["per_class_accuracy"]
     script = Path(__file__).resolve().parents[1] / "examples" / "per_class.py"
     monkeypatch.setattr(sys, "argv", ["per_class.py", str(run)])
     runpy.run_path(str(script), run_name="__main__")
@@ -139,8 +138,8 @@ def test_predict_scales_16_bit_images_like_training(trained, digits, capsys, tmp
         Image.fromarray(image.astype("uint16") * 257).save(tmp_path / f"{i}-16bit.png")
         assert Image.open(tmp_path / f"{i}-16bit.png").mode == "I;16"
         paths += [tmp_path / f"{i}-8bit.png", tmp_path / f"{i}-16bit.png"]
-    assert torch.equal(E.read_image(paths[1], 1, 8), E.read_image(paths[0], 1, 8))
-    rows = E.predict(run, paths)
+    assert torch.equal(export.read_image(paths[1], 1, 8), export.read_image(paths[0], 1, 8))
+    rows = export.predict(run, paths)
     for eight, sixteen in zip(rows[::2], rows[1::2], strict=True):
         assert (eight["class"], eight["confidence"]) == (sixteen["class"], sixteen["confidence"])
 
@@ -148,14 +147,14 @@ def test_predict_scales_16_bit_images_like_training(trained, digits, capsys, tmp
 def test_unreadable_images_are_image_errors_not_checkpoint_errors(tmp_path):
     (tmp_path / "scan.png").write_text("this is not a picture")
     with pytest.raises(ImageError, match="scan.png is not an image file that PIL can read") as caught:
-        E.read_image(tmp_path / "scan.png", 1, 8)
-    assert not isinstance(caught.value, C.CheckpointError)
+        export.read_image(tmp_path / "scan.png", 1, 8)
+    assert not isinstance(caught.value, checkpoint.CheckpointError)
     with pytest.raises(DataError, match="does not exist"):
-        E.image_files([tmp_path / "nope.png"])
+        export.image_files([tmp_path / "nope.png"])
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "labels.csv").write_text("file,label\n")
     with pytest.raises(DataError, match="no image files in"):
-        E.image_files([tmp_path / "notes"])
+        export.image_files([tmp_path / "notes"])
 
 
 def test_bad_inputs_are_one_line(trained, cli_error, tmp_path):
@@ -189,8 +188,8 @@ def test_damaged_model_files_are_one_line(trained, cli_error, tmp_path):
     message = cli_error("predict", "--model", str(broken), str(broken))
     assert "does not fit a cnn for 10 classes of 1x16x16 images" in message
     (tmp_path / "model.json").write_text(json.dumps({**meta, "num_classes": 3}))
-    with pytest.raises(C.CheckpointError, match="does not fit a cnn for 3 classes"):
-        E.load_model(broken)
+    with pytest.raises(checkpoint.CheckpointError, match="does not fit a cnn for 3 classes"):
+        export.load_model(broken)
 
 
 def test_predict_skips_an_unreadable_file_in_a_folder_as_training_does(trained, digits, capsys, caplog, tmp_path):

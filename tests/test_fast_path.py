@@ -12,7 +12,7 @@ import torch
 
 from mixmatch.config import TrainConfig
 from mixmatch.data import ImageDataset
-from mixmatch.train import Trainer, use_compile
+from mixmatch.training.trainer import Trainer, use_compile
 
 LOSS_RTOL = 1e-2
 

@@ -21,14 +21,14 @@ from fastai.callback.core import (  # noqa: E402
 )
 from fastai.torch_core import TensorImage  # noqa: E402
 
-from mixmatch import algorithm as A  # noqa: E402
+from mixmatch import algorithm  # noqa: E402
 from mixmatch.augment import Augmenter  # noqa: E402
 from mixmatch.config import TrainConfig  # noqa: E402
 from mixmatch.data import labeled_split, load_dataset  # noqa: E402
 from mixmatch.fastai import EMACallback, MixMatchCallback, image_dataloaders, mixmatch_learner  # noqa: E402
+from mixmatch.methods.mixmatch import MIX_MODES, class_marginal  # noqa: E402
 from mixmatch.models import build_model  # noqa: E402
-from mixmatch.step import MIX_MODES, class_marginal  # noqa: E402
-from mixmatch.train import Trainer  # noqa: E402
+from mixmatch.training.trainer import Trainer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,7 +59,7 @@ class Raise(Callback):
 
 
 def test_import_mixmatch_does_not_import_fastai():
-    code = "import sys, mixmatch, mixmatch.train, mixmatch.cli; assert 'fastai' not in sys.modules, 'fastai imported'"
+    code = "import sys, mixmatch, mixmatch.training.trainer, mixmatch.cli; assert 'fastai' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -132,12 +132,12 @@ def test_reported_loss_equals_the_algorithm_on_the_same_batch_and_rng(tmp_path, 
     B = s["x"].shape[0]
     u = digits.train_images[torch.randint(digits.train_images.shape[0], (B,))]
     u_views = augment.views(u, 2)
-    with A.frozen_batchnorm_stats(model):
-        q = A.guess_labels(model, u_views, 0.5)
+    with algorithm.frozen_batchnorm_stats(model):
+        q = algorithm.guess_labels(model, u_views, 0.5)
     p = F.one_hot(s["y"], 10).float()
-    x_mix, p_mix, u_mix, q_mix = A.mixmatch(s["x"], p, u_views, q, 0.75)
+    x_mix, p_mix, u_mix, q_mix = algorithm.mixmatch(s["x"], p, u_views, q, 0.75)
     logits = model(torch.cat([x_mix, u_mix]))
-    total, loss_x, loss_u = A.mixmatch_loss(logits[:B], p_mix, logits[B:], q_mix, 37.5)
+    total, loss_x, loss_u = algorithm.mixmatch_loss(logits[:B], p_mix, logits[B:], q_mix, 37.5)
 
     assert loss_u.item() > 0 and loss_x.item() > 0
     assert capture.reported == pytest.approx(total.item(), rel=1e-5)

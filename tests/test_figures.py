@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mixmatch.figures import beta_pdf
+from mixmatch.experiments.figures import beta_pdf
 
 
 def test_beta_pdf_at_known_alphas():

@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from mixmatch import folder as folder_module
 from mixmatch.cli import main
 from mixmatch.config import TrainConfig
-from mixmatch.dataset import DataError
-from mixmatch.folder import load_image_folder
-from mixmatch.loaders import load_dataset
-from mixmatch.splits import choose_split, load_for_config, read_split, save_split
+from mixmatch.data import folder as folder_module
+from mixmatch.data.dataset import DataError
+from mixmatch.data.folder import load_image_folder
+from mixmatch.data.loaders import load_dataset
+from mixmatch.data.splits import choose_split, load_for_config, read_split, save_split
 
 
 def digit_images(count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -509,8 +509,8 @@ def stopped_folder_run(root, out, capsys) -> list[str]:
 
 
 def test_a_resumed_folder_run_labels_the_files_of_its_split_json(digit_folder, tmp_path, capsys, caplog):
-    from mixmatch.checkpoint import run_config
-    from mixmatch.train import Trainer
+    from mixmatch.training.checkpoint import run_config
+    from mixmatch.training.trainer import Trainer
 
     out = tmp_path / "run"
     named = stopped_folder_run(digit_folder, out, capsys)

@@ -6,14 +6,14 @@ import pickle
 import pytest
 import torch
 
-from mixmatch import runtime
-from mixmatch.checkpoint import CheckpointError
 from mixmatch.cli import main
 from mixmatch.config import ConfigError
-from mixmatch.dataset import DataError
-from mixmatch.grid import WorkerDied, pick_jobs
-from mixmatch.images import ImageError
-from mixmatch.train import TrainingDiverged, TrainingInterrupted
+from mixmatch.data.dataset import DataError
+from mixmatch.data.images import ImageError
+from mixmatch.experiments.grid import WorkerDied, pick_jobs
+from mixmatch.training import runtime
+from mixmatch.training.checkpoint import CheckpointError
+from mixmatch.training.trainer import TrainingDiverged, TrainingInterrupted
 
 
 @pytest.fixture
@@ -132,7 +132,8 @@ def test_errors_cross_from_a_worker_whole(error):
 
 
 def test_a_cap_that_would_cut_side_by_side_runs_keeps_them_one_after_another(tmp_path, cpus, monkeypatch, capsys):
-    from mixmatch import budget, grid
+    from mixmatch.experiments import grid
+    from mixmatch.training import budget
 
     cpus(2)
     # On one thread a step takes 30 s (the 1-minute cap would cut 400 steps to 100), on two a millisecond.
@@ -140,7 +141,7 @@ def test_a_cap_that_would_cut_side_by_side_runs_keeps_them_one_after_another(tmp
     trained = []
     monkeypatch.setattr(grid, "_train", lambda cfg, fitted, again: trained.append(cfg) or {"test_accuracy": 0.5,
                                                                                     "wall_seconds": 1.0})
-    monkeypatch.setattr("mixmatch.report.report", lambda runs, out, key: "table")
+    monkeypatch.setattr("mixmatch.experiments.report.report", lambda runs, out, key: "table")
     args = ["compare", "--max-minutes", "1", "--steps", "400", "--amp", "off", "--methods", "mixmatch",
             "supervised", "--seeds", "0", "--out", str(tmp_path)]
     assert main(args) == 0
@@ -150,13 +151,14 @@ def test_a_cap_that_would_cut_side_by_side_runs_keeps_them_one_after_another(tmp
 
 
 def test_a_budgeted_grid_gives_each_run_the_whole_machine(tmp_path, cpus, monkeypatch, capsys):
-    from mixmatch import budget, grid
+    from mixmatch.experiments import grid
+    from mixmatch.training import budget
 
     cpus(2)
     threads = []
     monkeypatch.setattr(budget, "time_run", lambda cfg, data: (threads.append(torch.get_num_threads()) or 0.01, 0.0))
     monkeypatch.setattr(grid, "_train", lambda cfg, fitted, again: {"test_accuracy": 0.5, "wall_seconds": 1.0})
-    monkeypatch.setattr("mixmatch.report.report", lambda runs, out, key: "table")
+    monkeypatch.setattr("mixmatch.experiments.report.report", lambda runs, out, key: "table")
     args = ["compare", "--minutes", "0.1", "--amp", "off", "--methods", "mixmatch", "supervised", "--seeds", "0",
             "--out", str(tmp_path)]
     assert main(args) == 0
@@ -197,22 +199,22 @@ def test_a_resumed_run_shows_progress_as_the_command_asks_not_as_its_worker_save
 
 
 def test_runs_a_resumed_grid_starts_take_the_threads_its_first_runs_had(tmp_path, cpus, monkeypatch, capsys):
-    from mixmatch import grid as G
+    from mixmatch.experiments import grid
 
-    grid = tmp_path / "grid"
+    out = tmp_path / "grid"
 
     def argv(*seeds: str) -> list[str]:
         return ["compare", "--steps", "20", "--eval-every", "10", "--amp", "off", "--methods", "supervised",
-                "--no-progress", "--out", str(grid), "--resume", "--jobs", "1", "--seeds", *seeds]
+                "--no-progress", "--out", str(out), "--resume", "--jobs", "1", "--seeds", *seeds]
 
     assert main([*argv("0"), "--threads", "1"]) == 0
     assert "no run of this grid in" in capsys.readouterr().err
-    (grid / "supervised-seed0" / "summary.json").unlink()  # stopped, as a worker of one thread leaves it
+    (out / "supervised-seed0" / "summary.json").unlink()  # stopped, as a worker of one thread leaves it
     cpus(2)
     trained = []
-    monkeypatch.setattr(G, "_train", lambda cfg, fitted, again: trained.append((cfg.seed, cfg.threads, again))
+    monkeypatch.setattr(grid, "_train", lambda cfg, fitted, again: trained.append((cfg.seed, cfg.threads, again))
                         or {"test_accuracy": 0.5, "wall_seconds": 1.0})
-    monkeypatch.setattr("mixmatch.report.report", lambda runs, out, key: "table")
+    monkeypatch.setattr("mixmatch.experiments.report.report", lambda runs, out, key: "table")
     # Finished one after another with auto threads: the new seed still trains on the grid's one thread.
     assert main(argv("0", "1")) == 0
     assert trained == [(0, 1, True), (1, 1, False)]
@@ -222,7 +224,7 @@ def test_a_ctrl_c_while_the_table_is_written_says_the_runs_are_finished(tmp_path
     def interrupted(runs, out, key):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("mixmatch.report.report", interrupted)
+    monkeypatch.setattr("mixmatch.experiments.report.report", interrupted)
     grid = tmp_path / "grid"
     args = ["compare", "--steps", "4", "--eval-every", "4", "--amp", "off", "--methods", "supervised", "--jobs", "1",
             "--no-progress", "--out", str(grid)]

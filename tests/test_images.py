@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mixmatch import images as images_module
-from mixmatch.dataset import DataError
-from mixmatch.images import ImageError, is_image_file, load_image, to_8bit
+from mixmatch.data import images as images_module
+from mixmatch.data.dataset import DataError
+from mixmatch.data.images import ImageError, is_image_file, load_image, to_8bit
 
 # A ramp over 8x8 pixels from 0 to 63 * 1000 = 63000 of 65535: 16-bit values that clip to 255 at 8 bits.
 RAMP16 = (np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mixmatch.ablate import paper_column
-from mixmatch.demo import demo_table
-from mixmatch.report import aggregate, markdown_table, read_run
+from mixmatch.experiments.ablate import paper_column
+from mixmatch.experiments.demo import demo_table
+from mixmatch.experiments.report import aggregate, markdown_table, read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mixmatch.report import aggregate, markdown_table
+from mixmatch.experiments.report import aggregate, markdown_table
 
 
 def run(method, seed, accuracy, tag=None, labels=100, steps=10):
@@ -51,6 +51,6 @@ def test_without_both_baselines_there_is_no_gap_column():
 
 def test_a_row_of_runs_of_different_lengths_is_flagged(caplog):
     runs = [run("mixmatch", 0, 0.8), run("mixmatch", 1, 0.7, steps=2300), run("supervised", 0, 0.6)]
-    with caplog.at_level("WARNING", logger="mixmatch.report"):
+    with caplog.at_level("WARNING", logger="mixmatch.experiments.report"):
         aggregate(runs)
     assert caplog.messages == ["row mixmatch averages runs of different lengths: 10, 2300 steps"]

@@ -5,9 +5,9 @@ import os
 import pytest
 import torch
 
-from mixmatch import runtime
 from mixmatch.config import TrainConfig
-from mixmatch.train import train
+from mixmatch.training import runtime
+from mixmatch.training.trainer import train
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from conftest import LookupModel
-from mixmatch import algorithm as A
+from mixmatch import algorithm
 from mixmatch.config import TrainConfig
-from mixmatch.step import ALIGNMENT_DECAY, MIX_MODES, MixMatchStep, class_marginal
+from mixmatch.methods.mixmatch import ALIGNMENT_DECAY, MIX_MODES, MixMatchStep, class_marginal
 
 
 def lookup_views(k: int, b: int) -> torch.Tensor:
@@ -58,8 +58,8 @@ def test_loss_weights_l_u_by_the_given_lambda_u():
     step = MixMatchStep(lambda_u=75, rampup_steps=4)
     total, loss_x, loss_u = step.loss(lx, tx, lu, tu, step.lambda_u_at(2))
     torch.testing.assert_close(total, loss_x + 37.5 * loss_u)
-    torch.testing.assert_close(loss_x, A.soft_cross_entropy(lx, tx))
-    torch.testing.assert_close(loss_u, A.l2_consistency(lu, tu))
+    torch.testing.assert_close(loss_x, algorithm.soft_cross_entropy(lx, tx))
+    torch.testing.assert_close(loss_u, algorithm.l2_consistency(lu, tu))
 
 
 @settings(deadline=None, max_examples=30)
@@ -67,7 +67,7 @@ def test_loss_weights_l_u_by_the_given_lambda_u():
 def test_guess_averages_views_and_sharpens_with_T(k, b, T, seed):
     table = torch.randn(k * b, 4, generator=torch.Generator().manual_seed(seed))
     q = MixMatchStep(K=k, T=T).guess(LookupModel(table), lookup_views(k, b))
-    torch.testing.assert_close(q, A.sharpen(torch.softmax(table, -1).view(k, b, 4).mean(0), T))
+    torch.testing.assert_close(q, algorithm.sharpen(torch.softmax(table, -1).view(k, b, 4).mean(0), T))
 
 
 def test_guess_calls_forward_and_freezes_the_models_batchnorm():
@@ -93,12 +93,12 @@ def test_guess_moves_the_alignment_marginal_only_when_asked():
 
     q = step.guess(model, views, update_alignment=False)
     torch.testing.assert_close(step.guess_marginal, uniform)  # left as it was
-    torch.testing.assert_close(q, A.sharpen(A.align_distribution(p, uniform, target), 0.5))
+    torch.testing.assert_close(q, algorithm.sharpen(algorithm.align_distribution(p, uniform, target), 0.5))
 
     q = step.guess(model, views)
     moved = uniform.lerp(p.mean(0), 1 - ALIGNMENT_DECAY)
     torch.testing.assert_close(step.guess_marginal, moved)  # first moved, then used
-    torch.testing.assert_close(q, A.sharpen(A.align_distribution(p, moved, target), 0.5))
+    torch.testing.assert_close(q, algorithm.sharpen(algorithm.align_distribution(p, moved, target), 0.5))
 
 
 def test_the_marginal_moves_by_the_injected_average_of_processes():
@@ -145,7 +145,7 @@ def test_each_mix_mode_draws_partners_from_where_it_says(mode):
     if mode == "all":
         assert (x_mix == 1).any() and (u_mix == -1).any()
         torch.manual_seed(0)
-        ref = A.mixmatch(x, p, u, q, 0.75)
+        ref = algorithm.mixmatch(x, p, u, q, 0.75)
         for a, b in zip((x_mix, p_mix, u_mix, q_mix), ref, strict=True):
             assert torch.equal(a, b)  # the paper's mode is algorithm.mixmatch, draw for draw
 

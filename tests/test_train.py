@@ -5,10 +5,10 @@ import statistics
 import pytest
 import torch
 
-from mixmatch import algorithm as A
+from mixmatch import algorithm
 from mixmatch.config import TrainConfig
-from mixmatch.metrics import median_of_last
-from mixmatch.train import Trainer, TrainingDiverged
+from mixmatch.training.metrics import median_of_last
+from mixmatch.training.trainer import Trainer, TrainingDiverged
 
 
 def config(tmp_path, **overrides) -> TrainConfig:
@@ -85,8 +85,8 @@ def test_label_guessing_does_not_move_batchnorm_running_stats(tmp_path, digits):
     before = bn.running_mean.clone()
     trainer.model.train()
     views = trainer.augment.views(digits.train_images[:16], 2)
-    with A.frozen_batchnorm_stats(trainer.model):
-        A.guess_labels(trainer.model, views, 0.5)
+    with algorithm.frozen_batchnorm_stats(trainer.model):
+        algorithm.guess_labels(trainer.model, views, 0.5)
     assert torch.equal(bn.running_mean, before)
 
 
@@ -211,7 +211,7 @@ def test_median_of_last_is_the_papers_median_of_the_last_20_evaluations():
 
 
 def test_resuming_a_finished_run_says_so_and_evaluates_it_again(tmp_path, digits, caplog):
-    from mixmatch.train import train
+    from mixmatch.training.trainer import train
 
     cfg = TrainConfig(steps=4, eval_every=4, progress=False, out=str(tmp_path / "run"), amp="off")
     first = train(cfg, digits)
@@ -239,7 +239,7 @@ def test_the_cosine_schedule_is_fixmatchs_and_resumes(tmp_path, digits):
 
 
 def test_a_ramp_up_longer_than_the_run_is_said_once(tmp_path, digits, capsys):
-    from mixmatch.train import train
+    from mixmatch.training.trainer import train
 
     train(config(tmp_path, steps=4, eval_every=4, rampup_steps=8, lambda_u=100), digits)
     assert "lambda_u ramps up over 8 steps but the run has 4: it ends at 50 of 100" in capsys.readouterr().err

@@ -11,9 +11,9 @@ import subprocess
 
 import pytest
 
-from mixmatch import checkpoint as C
-from mixmatch import runfolder as R
+from mixmatch import runfolder
 from mixmatch.cli import main
+from mixmatch.training import checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -123,14 +123,14 @@ def test_a_disk_that_fills_while_a_checkpoint_is_written_is_one_line_and_keeps_t
     args = ["train", "--steps", "60", "--rampup-steps", "10", "--batch-size", "16", "--checkpoint-every", "10"]
     args += ["--keep-checkpoints", "9"]
     line = cli_error(*args, "--amp", "off", "--no-progress", "--out", str(run))
-    kept = R.checkpoints(run)
+    kept = runfolder.checkpoints(run)
     steps = [int(p.stem.removeprefix("step-")) for p in kept]
     assert steps == [10, 20]
     assert line.startswith(f"mixmatch: error: cannot write {run / 'checkpoints' / 'step-00000030.pt'}: no space left "
                            "on the device; the run stopped at step 30; its checkpoints at steps 10, 20 are kept")
     assert line.endswith(f"continue with mixmatch train --resume {run}")
     for path in kept:
-        assert C.safe_load(path)["step"] in (10, 20)
+        assert checkpoint.safe_load(path)["step"] in (10, 20)
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")], "no temporary file is left"
 
     subprocess.run(["mount", "-o", "remount,size=8m", str(small)], check=True)

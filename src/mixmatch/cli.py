@@ -19,9 +19,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from . import runfolder as R
+from . import runfolder
 from .config import GROUPS, METHODS, PRESETS, ConfigError, TrainConfig, field_types, flag
-from .grid import WorkerDied, run_grid
+from .experiments.grid import WorkerDied, run_grid
 
 # The data flags that say which labelled subset a run takes; the rest of the data group says which images load.
 SPLIT_FIELDS = ("labeled_split", "num_labels")
@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_grid_flags(compare)
     compare.set_defaults(func=run_compare)
 
-    from .ablate import ABLATIONS
+    from .experiments.ablate import ABLATIONS
 
     ablate = commands.add_parser("ablate", help="MixMatch ablations of the paper's table 4 on one setting")
     add_config_flags(ablate, skip=("method", "seed", "out", "tag"))
@@ -240,7 +240,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     """The flags' config, or with --resume the run folder's own config.json."""
     if args.resume is None:
         return config_from_args(args)
-    from .checkpoint import RESUME_OVERRIDES, resume_config
+    from .training.checkpoint import RESUME_OVERRIDES, resume_config
 
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     changed = [name for name, default in defaults.items() if getattr(args, name) != default]
@@ -256,8 +256,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from .distributed import ProcessGroup
-    from .train import train
+    from .training.distributed import ProcessGroup
+    from .training.trainer import train
 
     summary = train(train_config(args), resume=args.resume is not None)
     if ProcessGroup.from_env().is_main:
@@ -278,19 +278,19 @@ def run_compare(args: argparse.Namespace) -> None:
 
 
 def run_ablate(args: argparse.Namespace) -> None:
-    from .ablate import ablation_configs, paper_column
+    from .experiments.ablate import ablation_configs, paper_column
 
     base = config_from_args(args, out=None).resolved()
     out = Path(args.out or f"runs/ablate-{base.dataset}-{base.num_labels}")
     table = paper_column(
         run_grid(ablation_configs(base, args.ablations, args.seeds, out), out, "tag", args.jobs, args.resume)
     )
-    R.write_text(out / "results.md", table + "\n")
+    runfolder.write_text(out / "results.md", table + "\n")
     print(table + f"\n\nruns, results.md and curves.png in {out}")
 
 
 def run_report(args: argparse.Namespace) -> None:
-    from .report import report
+    from .experiments.report import report
 
     print(report(args.runs, args.out, key=args.by))
 
@@ -306,7 +306,7 @@ def run_predict(args: argparse.Namespace) -> None:
     from .export import predict
 
     if args.csv is not None:
-        R.writable(Path(args.csv).parent, "folder of --csv")
+        runfolder.writable(Path(args.csv).parent, "folder of --csv")
     rows = predict(args.model, args.images)
     if args.csv is None:
         for row in rows:
@@ -319,7 +319,7 @@ def run_predict(args: argparse.Namespace) -> None:
             writer.writeheader()
             writer.writerows(rows)
 
-    R.atomic_write(Path(args.csv), write)
+    runfolder.atomic_write(Path(args.csv), write)
     print(f"wrote {len(rows)} predictions to {args.csv}", file=sys.stderr)
 
 
@@ -332,7 +332,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
 
 def run_figures(args: argparse.Namespace) -> None:
-    from .figures import all_figures
+    from .experiments.figures import all_figures
 
     for path in all_figures(args.out):
         print(path)
@@ -340,21 +340,21 @@ def run_figures(args: argparse.Namespace) -> None:
 
 def run_demo(args: argparse.Namespace) -> None:
     from .data import load_for_config
-    from .demo import sharpening_demo
+    from .experiments.demo import sharpening_demo
 
     if args.epochs <= 0:
         raise ValueError(f"--epochs must be positive, got {args.epochs}")
     cfg = config_from_args(args)
     for seed in args.seeds:
         dataclasses.replace(cfg, seed=seed).validate()
-    out = R.writable(args.out or f"runs/demo-{args.dataset}", "demo folder")
+    out = runfolder.writable(args.out or f"runs/demo-{args.dataset}", "demo folder")
     data = load_for_config(cfg)
     sharpening_demo(data, out, tuple(args.seeds), num_labels=args.num_labels, epochs=args.epochs)
     print((out / "results.md").read_text() + f"\nruns.json, results.md and tsne.png in {out}")
 
 
 def run_data_list(args: argparse.Namespace) -> None:
-    from .budget import DEVICE_DEFAULTS
+    from .training.budget import DEVICE_DEFAULTS
 
     cpu, gpu = DEVICE_DEFAULTS["cpu"], DEVICE_DEFAULTS["cuda"]
     for name, preset in PRESETS.items():
@@ -376,11 +376,11 @@ def run_data_list(args: argparse.Namespace) -> None:
 
 
 def run_data_info(args: argparse.Namespace) -> None:
-    from .splits import choose_split, describe_split, load_for_config, save_split
+    from .data.splits import choose_split, describe_split, load_for_config, save_split
 
     cfg = config_from_args(args).resolved()
     if args.save_split:
-        R.writable(Path(args.save_split).parent, "folder of --save-split")
+        runfolder.writable(Path(args.save_split).parent, "folder of --save-split")
     data = load_for_config(cfg)
     split = choose_split(data, cfg.num_labels, cfg.seed, cfg.labeled_split)
     if cfg.labeled_split:
@@ -404,10 +404,10 @@ def config_error_line(error: ConfigError, args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .checkpoint import CheckpointError
-    from .dataset import DataError
-    from .distributed import ProcessGroup
-    from .train import TrainingDiverged, TrainingInterrupted
+    from .data.dataset import DataError
+    from .training.checkpoint import CheckpointError
+    from .training.distributed import ProcessGroup
+    from .training.trainer import TrainingDiverged, TrainingInterrupted
 
     args = build_parser().parse_args(argv)
     # Under torchrun every process meets the same stop or error: rank 0 alone says it.
@@ -424,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(error, ConfigError):
             message = config_error_line(error, args)
         elif isinstance(error, OSError) and error.errno is not None:  # one the library did not word itself
-            message = f"{error.filename or error.strerror}: {R.cause(error, error.filename or '.')}"
+            message = f"{error.filename or error.strerror}: {runfolder.cause(error, error.filename or '.')}"
         else:
             message = str(error)
         if say:

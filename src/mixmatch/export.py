@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import checkpoint as C
-from . import runfolder as R
+from . import runfolder
 from .augment import normalize
-from .dataset import DataError
-from .images import ImageError, find_image_files, load_image
+from .data.dataset import DataError
+from .data.images import ImageError, find_image_files, load_image
 from .models import build_model
+from .training import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +35,19 @@ def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """
     from safetensors.torch import save_file
 
-    out = Path(out) if out is not None else Path(run_dir) / R.MODEL
-    R.writable(out.parent, "folder of the exported model")
-    _, state = C.load_newest(run_dir)
+    out = Path(out) if out is not None else Path(run_dir) / runfolder.MODEL
+    runfolder.writable(out.parent, "folder of the exported model")
+    _, state = checkpoint.load_newest(run_dir)
     if state["ema"] is not None:
         prefix = "module."
         weights = {k[len(prefix) :]: v for k, v in state["ema"].items() if k.startswith(prefix)}
     else:  # --ema-decay 0 evaluates the raw model
         weights = state["model"]
-    R.make_folder(out.parent)
+    runfolder.make_folder(out.parent)
     tensors = {k: v.contiguous() for k, v in weights.items()}  # channels_last weights are not contiguous
-    R.atomic_write(out, lambda tmp: save_file(tensors, str(tmp)))
+    runfolder.atomic_write(out, lambda tmp: save_file(tensors, str(tmp)))
     meta = dict(format=MODEL_FORMAT, **state["meta"], step=state["step"], weights=out.name)
-    R.write_json(R.model_meta_path(out), meta)
+    runfolder.write_json(runfolder.model_meta_path(out), meta)
     return out
 
 
@@ -58,33 +58,35 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
     path = Path(path)
     if path.is_dir():
-        path = path / R.MODEL
+        path = path / runfolder.MODEL
     if not path.is_file():
-        raise C.CheckpointError(f"model file {path} does not exist (write one with `mixmatch export RUN_DIR`)")
+        raise checkpoint.CheckpointError(f"model file {path} does not exist (write one with `mixmatch export RUN_DIR`)")
     if path.suffix == ".pt":
-        raise C.CheckpointError(
+        raise checkpoint.CheckpointError(
             f"{path} is a training checkpoint; export its run first: mixmatch export RUN_DIR (then --model "
             "RUN_DIR/model.safetensors)"
         )
-    meta_path = R.model_meta_path(path)
+    meta_path = runfolder.model_meta_path(path)
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError):
-        raise C.CheckpointError(
+        raise checkpoint.CheckpointError(
             f"{meta_path} is missing or not JSON; `mixmatch export` writes it beside the model"
         ) from None
     if meta.get("format") != MODEL_FORMAT:
-        raise C.CheckpointError(f"{meta_path} does not describe a mixmatch model")
+        raise checkpoint.CheckpointError(f"{meta_path} does not describe a mixmatch model")
     try:
         weights = load_file(str(path))
     except (SafetensorError, OSError) as error:
-        raise C.CheckpointError(f"model file {path} is truncated or not safetensors ({error})") from None
+        raise checkpoint.CheckpointError(f"model file {path} is truncated or not safetensors ({error})") from None
     model = build_model(meta["arch"], meta["num_classes"], meta["in_channels"], meta["image_size"])
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:
         reason = " ".join(str(error).split())[:300]
-        raise C.CheckpointError(f"model file {path} does not fit {C.describe(meta)}: {reason}") from None
+        raise checkpoint.CheckpointError(
+            f"model file {path} does not fit {checkpoint.describe(meta)}: {reason}"
+        ) from None
     return model.eval(), meta
 
 
@@ -178,7 +180,7 @@ def plot_confusion(matrix: Tensor, classes: list[str], path: Path, title: str) -
         for (t, p), count in np.ndenumerate(matrix.numpy()):
             ax.text(p, t, str(count), ha="center", va="center", color="white" if count > peak / 2 else "black")
     fig.tight_layout()
-    R.save_figure(fig, path, dpi=120)
+    runfolder.save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -204,14 +206,14 @@ def evaluate(
     no evaluation images, CheckpointError for a model that does not fit the data.
     """
     from .config import TrainConfig
-    from .splits import load_for_config
+    from .data.splits import load_for_config
 
     model, meta = load_model(model_path)
     model_path = Path(model_path)
     folder = model_path if model_path.is_dir() else model_path.parent
     dataset = dataset or meta.get("dataset")
     if dataset is None:
-        raise C.CheckpointError(f"{model_path} does not say which data set it was trained on; name one")
+        raise checkpoint.CheckpointError(f"{model_path} does not say which data set it was trained on; name one")
     cfg = TrainConfig(
         dataset=dataset,
         data_dir=data_dir,
@@ -223,22 +225,24 @@ def evaluate(
         val_fraction=val_fraction,
     ).validate()
     png = Path(out) if out is not None else folder / f"confusion-{dataset}.png"
-    R.writable(png.parent, "folder of the confusion matrix")
+    runfolder.writable(png.parent, "folder of the confusion matrix")
     data = load_for_config(cfg)
     shape = (meta["in_channels"], meta["image_size"], meta["image_size"])
     if tuple(data.shape) != shape or data.num_classes != meta["num_classes"]:
         c, s, _ = data.shape
-        raise C.CheckpointError(
-            f"{dataset} has {data.num_classes} classes of {c}x{s}x{s} images; the model is {C.describe(meta)}"
+        raise checkpoint.CheckpointError(
+            f"{dataset} has {data.num_classes} classes of {c}x{s}x{s} images; the model is {checkpoint.describe(meta)}"
         )
     differ = [(i, a, b) for i, (a, b) in enumerate(zip(data.classes, meta["classes"], strict=True)) if a != b]
     if differ:
         i, here, model_class = differ[0]
-        raise C.CheckpointError(f"class {i} of {dataset} is {here!r}, the model's class {i} is {model_class!r}")
+        raise checkpoint.CheckpointError(
+            f"class {i} of {dataset} is {here!r}, the model's class {i} is {model_class!r}"
+        )
     predicted = classify(model, meta, data.test_images).argmax(-1)
     matrix = confusion_matrix(predicted, data.test_labels, data.num_classes)
     accuracy = matrix.trace().item() / len(data.test_labels)
-    R.make_folder(png.parent)
+    runfolder.make_folder(png.parent)
     title = f"{dataset}, {len(data.test_labels)} evaluation images: {100 * accuracy:.2f}% accurate"
     plot_confusion(matrix, meta["classes"], png, title)
     # Where the errors sit: with a few labels per class, semi-supervised learning helps some classes and not others.

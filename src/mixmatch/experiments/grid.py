@@ -23,11 +23,11 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import runfolder as R
-from .config import TrainConfig, flag
+from .. import runfolder
+from ..config import TrainConfig, flag
 
 if TYPE_CHECKING:
-    from .dataset import ImageDataset
+    from ..data.dataset import ImageDataset
 
 
 class WorkerDied(RuntimeError):
@@ -43,8 +43,8 @@ def pick_jobs(jobs: int | None, runs: int, threads: int | None, device: str) -> 
     go one after another in this process, with `threads` as given. A given `jobs` is kept, up to `runs`.
     (run_grid also keeps budgeted grids, and capped ones that side by side would cut, one after another.)
     """
-    from .distributed import ProcessGroup
-    from .runtime import pick_threads, usable_cpus
+    from ..training.distributed import ProcessGroup
+    from ..training.runtime import pick_threads, usable_cpus
 
     if jobs is None and (device != "cpu" or runs < 2 or ProcessGroup.from_env().enabled):
         return 1, threads
@@ -77,14 +77,14 @@ def run_grid(
     ended (no new run starts), TrainingInterrupted where SIGINT or SIGTERM stopped it (every run that was
     training saved a checkpoint), WorkerDied where a worker process ended without a result.
     """
-    from .budget import DEVICE_FIELDS, needs_budget
+    from ..data.splits import load_for_config
+    from ..training.budget import DEVICE_FIELDS, needs_budget
+    from ..training.runtime import pick_device
+    from ..training.trainer import TrainingInterrupted
     from .report import report
-    from .runtime import pick_device
-    from .splits import load_for_config
-    from .train import TrainingInterrupted
 
     configs = [cfg.resolved().validate() for cfg in configs]
-    R.writable(out, "grid folder")
+    runfolder.writable(out, "grid folder")
     saved = _saved_runs(configs, resume)
     own = configs[0].threads
     auto = jobs is None
@@ -124,7 +124,7 @@ def run_grid(
     for cfg in configs:
         run, finished = saved.get(cfg.out, (None, False))
         if finished:
-            _print_line(cfg, key, json.loads((Path(cfg.out) / R.SUMMARY).read_text()), "kept")
+            _print_line(cfg, key, json.loads((Path(cfg.out) / runfolder.SUMMARY).read_text()), "kept")
         elif run is not None:
             tasks.append((dataclasses.replace(run, progress=cfg.progress), True))  # on its own threads
         else:
@@ -161,14 +161,14 @@ def _saved_runs(configs: list[TrainConfig], resume: bool) -> dict[str | None, tu
 
     Raises ValueError naming the folder and the first setting that differs, or the stopped run.
     """
-    from .budget import DEVICE_FIELDS, needs_budget
-    from .checkpoint import RESUME_OVERRIDES, run_config
+    from ..training.budget import DEVICE_FIELDS, needs_budget
+    from ..training.checkpoint import RESUME_OVERRIDES, run_config
 
     saved: dict[str | None, tuple[TrainConfig, bool]] = {}
     for cfg in configs:
         folder = Path(str(cfg.out))
-        finished = (folder / R.SUMMARY).is_file()
-        checkpoints = [] if finished else R.checkpoints(folder)
+        finished = (folder / runfolder.SUMMARY).is_file()
+        checkpoints = [] if finished else runfolder.checkpoints(folder)
         stopped = bool(checkpoints)
         if not resume:
             if stopped:
@@ -201,9 +201,9 @@ def _fitted(
     applies."""
     import torch
 
-    from .budget import cap, needs_budget, plan
-    from .runtime import pick_threads
-    from .splits import load_for_config
+    from ..data.splits import load_for_config
+    from ..training.budget import cap, needs_budget, plan
+    from ..training.runtime import pick_threads
 
     if any(needs_budget(cfg) for cfg in configs):
         fit = plan
@@ -222,8 +222,8 @@ def _fitted(
 def _train(cfg: TrainConfig, fitted: bool, resume: bool = False) -> dict[str, Any] | None:
     """Train `cfg` (with `resume`, on from its newest checkpoint); in a worker that a signal has told to stop,
     do not start (None)."""
-    from .checkpoint import StopSignals
-    from .train import TrainingInterrupted, train
+    from ..training.checkpoint import StopSignals
+    from ..training.trainer import TrainingInterrupted, train
 
     if StopSignals.deferred:
         return None
@@ -243,7 +243,7 @@ def _print_line(cfg: TrainConfig, key: str, summary: dict[str, Any], note: str =
 
 
 def _worker_start() -> None:
-    from .checkpoint import StopSignals
+    from ..training.checkpoint import StopSignals
 
     def defer(signum: int, frame: object) -> None:
         StopSignals.deferred = signum
@@ -258,8 +258,8 @@ def _worker_start() -> None:
 def _in_workers(tasks: list[tuple[TrainConfig, bool]], fitted: bool, jobs: int, key: str) -> None:
     """Train each (config, resume) of `tasks` in `jobs` spawned worker processes (a fork would inherit torch's
     OpenMP threads); see run_grid for what it raises."""
-    from .checkpoint import StopSignals
-    from .train import TrainingInterrupted
+    from ..training.checkpoint import StopSignals
+    from ..training.trainer import TrainingInterrupted
 
     errors: list[BaseException] = []
     stopped: dict[str | None, TrainingInterrupted] = {}  # by run folder

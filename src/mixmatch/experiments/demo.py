@@ -19,12 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import algorithm as A
-from . import runfolder as R
-from .augment import normalize
-from .dataset import ImageDataset
-from .models import SmallCNN
-from .splits import labeled_split
+from .. import algorithm, runfolder
+from ..augment import normalize
+from ..data.dataset import ImageDataset
+from ..data.splits import labeled_split
+from ..models import SmallCNN
 
 
 def train_pseudo_label(data: ImageDataset, T: float, seed: int, num_labels: int = 500, epochs: int = 10,
@@ -50,7 +49,7 @@ def train_pseudo_label(data: ImageDataset, T: float, seed: int, num_labels: int 
             u = normalize(unlabeled[order[i * unlabeled_batch : (i + 1) * unlabeled_batch]], mean, std)
             logits = model(torch.cat([labeled_x[idx], u]))
             probs_u = torch.softmax(logits[batch_size:], dim=-1)
-            target = A.sharpen(probs_u.detach(), T)
+            target = algorithm.sharpen(probs_u.detach(), T)
             loss = F.cross_entropy(logits[:batch_size], labeled_y[idx]) + lambda_u * (probs_u - target).square().mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -98,7 +97,7 @@ def tsne_figure(data: ImageDataset, predictions: dict[float, torch.Tensor], path
     fig.suptitle(f"{data.name} test images (t-SNE of pixels), coloured by predicted class; "
                  "larger marker = less confident")
     fig.tight_layout()
-    R.save_figure(fig, path, dpi=100)
+    runfolder.save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -121,7 +120,7 @@ def demo_table(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
 def sharpening_demo(data: ImageDataset, out: str | Path, seeds: tuple[int, ...] = (0, 1, 2),
                     temperatures: tuple[float, ...] = (1.0, 0.5), **kwargs: Any) -> dict[str, Any]:
     """Run the demo for every (T, seed); write runs.json, results.md and tsne.png under `out`."""
-    out = R.make_folder(out)
+    out = runfolder.make_folder(out)
     runs, last_predictions = [], {}
     mean, std = data.channel_stats()
     for T in temperatures:
@@ -133,7 +132,7 @@ def sharpening_demo(data: ImageDataset, out: str | Path, seeds: tuple[int, ...] 
             if seed == seeds[0]:
                 last_predictions[T] = predict(model, data.test_images, mean, std)
     results, table = demo_table(runs)
-    R.write_json(out / R.DEMO_RUNS, dict(runs=runs, results=results))
-    R.write_text(out / "results.md", table + "\n")
+    runfolder.write_json(out / runfolder.DEMO_RUNS, dict(runs=runs, results=results))
+    runfolder.write_text(out / "results.md", table + "\n")
     tsne_figure(data, last_predictions, out / "tsne.png")
     return results

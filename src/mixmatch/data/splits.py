@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import runfolder as R
+from .. import runfolder
 from .dataset import DataError, ImageDataset
 from .loaders import load_dataset
 
 if TYPE_CHECKING:
-    from .config import TrainConfig
+    from ..config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def save_split(path: Path, dataset: str, indices: Tensor, seed: int, data: Image
             record["files"] = [data.files[i] for i in chosen]
             record["labels"] = [data.classes[int(data.train_labels[i])] for i in chosen]
             record["file_digests"] = [_digest(data.train_images[i]) for i in chosen]
-    R.write_text(path, json.dumps(record))
+    runfolder.write_text(path, json.dumps(record))
 
 
 # Data sets that share a training split, so that a split of one is a split of the other.

@@ -22,19 +22,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import checkpoint as C
-from . import runfolder as R
-from .augment import Augmenter
+from .. import runfolder
+from ..augment import Augmenter
+from ..config import ConfigError, TrainConfig
+from ..data.dataset import ImageDataset
+from ..data.splits import choose_split, data_digest, load_for_config, read_split, recorded_data_digest, save_split
+from ..ema import EMA
+from ..methods.mixmatch import MixMatchStep, class_marginal
+from ..models import build_model
+from . import checkpoint
 from .budget import cap as cap_steps
 from .budget import complete, needs_budget
 from .budget import plan as plan_budget
-from .config import ConfigError, TrainConfig
-from .dataset import ImageDataset
 from .distributed import ProcessGroup
 from .distributed import stop as stop_process_group
-from .ema import EMA
 from .metrics import MetricsLog, median_of_last, require_tensorboard
-from .models import build_model
 from .runtime import (
     CompiledOrEager,
     compile_mode,
@@ -48,8 +50,6 @@ from .runtime import (
     use_compile,
     use_deterministic_algorithms,
 )
-from .splits import choose_split, data_digest, load_for_config, read_split, recorded_data_digest, save_split
-from .step import MixMatchStep, class_marginal
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +355,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any], source: str | Path = "checkpoint") -> None:
         """Restore a state_dict(); CheckpointError if it is of another model, class count or image shape."""
-        C.check_compatible(state.get("meta", {}), self.model_meta(), source)
+        checkpoint.check_compatible(state.get("meta", {}), self.model_meta(), source)
         try:
             self.model.load_state_dict(state["model"])
             if self.ema is not None:
@@ -365,7 +365,7 @@ class Trainer:
                 self.scheduler.load_state_dict(state["scheduler"])
         except (KeyError, RuntimeError, TypeError, ValueError) as error:
             reason = " ".join(str(error).split())[:300]
-            raise C.CheckpointError(f"checkpoint {source} does not fit this run: {reason}") from None
+            raise checkpoint.CheckpointError(f"checkpoint {source} does not fit this run: {reason}") from None
         if self.guess_marginal is not None and state.get("guess_marginal") is not None:
             self.guess_marginal.copy_(state["guess_marginal"])
         self.step = state["step"]
@@ -387,7 +387,7 @@ class Trainer:
 
         Newer checkpoints that are damaged are skipped with a warning (checkpoint.load_newest).
         """
-        path, state = C.load_newest(self.config.out)
+        path, state = checkpoint.load_newest(self.config.out)
         self._relabel_as_saved()
         self.load_state_dict(state, path)
         self.last_checkpoint, self.resumed = path, True
@@ -396,7 +396,7 @@ class Trainer:
     def _relabel_as_saved(self) -> None:
         """Label the images the run folder's split.json names, not a subset drawn again from data that may have
         changed since (DataError where one is gone or changed); warn where the rest of the data changed."""
-        saved = Path(self.config.out) / R.SPLIT
+        saved = Path(self.config.out) / runfolder.SPLIT
         if not saved.is_file():
             return
         split = read_split(saved, self.data, what=f"the run's {saved}")
@@ -417,14 +417,14 @@ class Trainer:
         tensors = [*self.model.parameters(), *self.model.buffers(), *self.pending]
         if self.ema is not None:
             tensors += [*self.ema.parameters(), *self.ema.buffers()]
-        if not C.all_finite(tensors):
+        if not checkpoint.all_finite(tensors):
             raise TrainingDiverged(
                 f"weights or loss not finite at step {self.step}, no checkpoint saved; {self._last_checkpoint_text()}"
             )
         state = self.state_dict()
-        path = R.checkpoint_path(self.config.out, self.step)
+        path = runfolder.checkpoint_path(self.config.out, self.step)
         if self.dist.is_main:
-            C.save_checkpoint(state, path, self.config.keep_checkpoints)
+            checkpoint.save_checkpoint(state, path, self.config.keep_checkpoints)
         self.last_checkpoint = path
         return path
 
@@ -445,12 +445,12 @@ class Trainer:
         """
         try:
             return self._fit()
-        except R.WriteError as error:  # a read-only or full disk: say where the run stands and what it kept
-            raise R.WriteError(f"{error}; {self._stopped_text()}") from None
+        except runfolder.WriteError as error:  # a read-only or full disk: say where the run stands and what it kept
+            raise runfolder.WriteError(f"{error}; {self._stopped_text()}") from None
 
     def _stopped_text(self) -> str:
         out = self.config.out
-        kept = [int(path.stem.removeprefix("step-")) for path in R.checkpoints(out)]
+        kept = [int(path.stem.removeprefix("step-")) for path in runfolder.checkpoints(out)]
         if not kept:
             return f"the run stopped at step {self.step} with no checkpoint"
         return (
@@ -465,11 +465,11 @@ class Trainer:
         out = Path(cfg.out)
         main = self.dist.is_main
         if main:
-            R.make_folder(out)
+            runfolder.make_folder(out)
         if main and not self.resumed:
-            C.remove_checkpoints(out)
-            R.write_json(out / R.CONFIG, cfg.to_dict())
-            save_split(out / R.SPLIT, cfg.dataset, self.split, cfg.seed, self.data)
+            checkpoint.remove_checkpoints(out)
+            runfolder.write_json(out / runfolder.CONFIG, cfg.to_dict())
+            save_split(out / runfolder.SPLIT, cfg.dataset, self.split, cfg.seed, self.data)
         metrics = MetricsLog(out if main else None, self.step if self.resumed else None, cfg.tensorboard)
         start = time.perf_counter() - self.wall_seconds
         accuracy = float("nan")
@@ -482,7 +482,7 @@ class Trainer:
             leave=False,
         )
         try:
-            with C.StopSignals() as signals:
+            with checkpoint.StopSignals() as signals:
                 while self.step < cfg.steps:
                     self.pending.append(self.train_step())
                     bar.update()
@@ -532,7 +532,7 @@ class Trainer:
             torch=torch.__version__,
         )
         if main:
-            R.write_json(out / R.SUMMARY, summary)
+            runfolder.write_json(out / runfolder.SUMMARY, summary)
         return summary
 
     def _log(self, metrics: MetricsLog, bar: Any, accuracy: float) -> None:
@@ -555,7 +555,7 @@ class Trainer:
         )
         bar.set_postfix(loss=f"{mean[0]:.3f}", acc=f"{accuracy:.3f}")
 
-    def _stop_signal(self, signals: C.StopSignals, logged: bool) -> int:
+    def _stop_signal(self, signals: checkpoint.StopSignals, logged: bool) -> int:
         """The signal to stop for, or 0. Processes of a torchrun launch must stop at the same step, and
         agreeing costs a host sync, so they only compare notes at log intervals."""
         if not self.dist.enabled:
@@ -581,7 +581,7 @@ def train(
     try:
         resolved = config.resolved()
         if main:  # before the data loads and the budget is timed: a folder that cannot be written is one line now
-            R.writable(resolved.out, "run folder")
+            runfolder.writable(resolved.out, "run folder")
         # A run without steps fits a time budget; a capped one (not under torchrun, where each process would
         # time its own step and could pick other steps; plan refuses torchrun) fits its cap. Either way this is
         # the only process, and it prints what it picked.

@@ -1,98 +1,22 @@
-"""MixMatch for fastai: a training callback, an EMA-of-weights callback, data loaders and a Learner factory.
-
-This module is the only one that imports fastai (an optional extra: ``pip install "mixmatch[fastai]"``;
-without it, importing this module raises `FastaiMissingError`, which says so); ``import mixmatch`` never
-loads it. The MixMatch step is not repeated here: the callback is an adapter over `mixmatch.step.MixMatchStep`,
-the object the library's Trainer uses (guessing, distribution alignment, mixing, forward pass, loss).
-
-    from mixmatch.data import load_dataset, labeled_split
-    from mixmatch.fastai import image_dataloaders, mixmatch_learner
-
-    data = load_dataset("digits")
-    split = labeled_split(data.train_labels, 50, data.num_classes, seed=0)
-    dls = image_dataloaders(data, split, bs=64, iters_per_epoch=250, pad=1, flip=False)
-    learn = mixmatch_learner(dls, unlabeled=data.train_images, arch="cnn", rampup_steps=2000)
-    learn.fit_one_cycle(20, 2e-3)
-    preds, targets = learn.get_preds()          # validated with the EMA weights
-    learn.mix_match.steps_done, learn.ema.ema_model   # the callbacks, by fastai's names for them
-
-How a training batch flows (shapes: B labelled, K views, L classes, images (C, H, W)):
-
-    before_batch   xb = (x (B,C,H,W),) yb = (y (B,),) from the Learner's training loader;
-                   u (B_u,C,H,W) from the unlabelled source -> K augmented views (K,B_u,C,H,W);
-                   q = step.guess(model, views) in training mode with BatchNorm statistics frozen
-                   (aligned, if distribution_alignment);
-                   X', p', U', q' = step.mix(x, one_hot(y), views, q)   (mix: all, labeled, unlabeled, separate);
-                   xb <- (cat(X', U'),)  yb <- (cat(p', q'),)   (soft targets, ((1+K)B, L))
-    forward        the Learner's own call of its model on the whole mixed batch, so MixedPrecision,
-                   ChannelsLast etc. apply unchanged: one pass (bn_mode='concat'), or with bn_mode='interleave'
-                   the model's forward is step.forward_mixed's K+1 interleaved passes for this one call
-    loss           step.loss(pred[:B], p', pred[B:], q', step.lambda_u_at(steps_done)): L_X + lambda_u * L_U
-    validation     the Learner's own loss_func (cross-entropy) and metrics, on plain batches
-"""
+"""fastai callbacks: MixMatch's training step over the library's `MixMatchStep`, and an EMA of the weights."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from functools import partial
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from fastai.callback.core import Callback
+from fastai.callback.fp16 import MixedPrecision
+from fastai.data.transforms import compose_tfms
+from fastai.torch_core import TensorImage
 from torch import Tensor, nn
 
-from .augment import crop_flip
-from .config import PAPER_RAMPUP_STEPS
-from .dataset import ImageDataset
-from .ema import EMA
-from .models import build_model
-from .step import MixMatchStep, class_marginal
-
-
-class FastaiMissingError(ModuleNotFoundError):
-    """fastai (the optional extra of mixmatch.fastai) is not installed."""
-
-
-try:
-    import fastai.callback.progress  # noqa: F401  (ProgressCallback: the fastprogress bars fastai users expect)
-    import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle and Learner.lr_find)
-    from fastai.callback.core import Callback
-    from fastai.callback.fp16 import MixedPrecision
-    from fastai.data.core import DataLoaders, Datasets
-    from fastai.data.transforms import (
-        Categorize,
-        IntToFloatTensor,
-        ItemTransform,
-        Normalize,
-        Transform,
-        compose_tfms,
-    )
-    from fastai.learner import Learner
-    from fastai.losses import CrossEntropyLossFlat
-    from fastai.metrics import accuracy
-    from fastai.optimizer import Adam
-    from fastai.torch_core import TensorImage
-except ModuleNotFoundError as error:
-    # fastai itself, or one of the packages it is installed with, is missing: the same one fix for both.
-    missing = (error.name or "").split(".")[0]
-    if missing not in ("fastai", "fastcore", "fastprogress", "fasttransform"):
-        raise
-    raise FastaiMissingError(
-        f'mixmatch.fastai needs fastai, which is not installed ({missing} is missing): pip install "mixmatch[fastai]"',
-        name=missing,
-    ) from None
-
-__all__ = [
-    "EMACallback",
-    "FastaiMissingError",
-    "ImageOf",
-    "LabelOf",
-    "MixMatchCallback",
-    "RandomCropFlip",
-    "image_dataloaders",
-    "mixmatch_learner",
-]
+from ..config import PAPER_RAMPUP_STEPS
+from ..ema import EMA
+from ..methods.mixmatch import MixMatchStep, class_marginal
 
 
 def _plain(t: Tensor) -> Tensor:
@@ -106,7 +30,7 @@ def _shape(batch: Tensor) -> str:
     return f"{batch.shape[1]} channel{'' if batch.shape[1] == 1 else 's'} of {batch.shape[2]}x{batch.shape[3]}"
 
 
-def _first(batch: Any) -> Tensor:
+def images_of(batch: Any) -> Tensor:
     """The images of a batch that may be a tensor, or a tuple/list whose first element is the images."""
     return batch[0] if isinstance(batch, tuple | list) else batch
 
@@ -182,7 +106,9 @@ class MixMatchCallback(Callback):
     ):
         if labeled_marginal is not None and not distribution_alignment:
             raise ValueError("labeled_marginal is the target of distribution_alignment=True, which is off")
-        self.mixmatch = MixMatchStep(K, T, alpha, lambda_u, rampup_steps, mix, bn_mode)
+        self.mixmatch = MixMatchStep(
+            K=K, T=T, alpha=alpha, lambda_u=lambda_u, rampup_steps=rampup_steps, mix=mix, bn_mode=bn_mode
+        )
         self.unlabeled_dl, self.augment = unlabeled_dl, augment
         self.distribution_alignment, self._given_marginal = distribution_alignment, labeled_marginal
         self.steps_done = 0
@@ -203,7 +129,7 @@ class MixMatchCallback(Callback):
         if self._unlabeled_iter is None:
             # itertools.cycle would replay the first pass's batches; re-iterating reshuffles a DataLoader.
             self._unlabeled_iter = itertools.chain.from_iterable(_forever(self.unlabeled_dl))
-        return _plain(_first(next(self._unlabeled_iter))).to(device, non_blocking=True)
+        return _plain(images_of(next(self._unlabeled_iter))).to(device, non_blocking=True)
 
     def views(self, u: Tensor) -> Tensor:
         """K augmented views of raw images u (B_u, C, H, W): float (K, B_u, C, H, W), as `augment` makes them."""
@@ -446,172 +372,3 @@ class EMACallback(Callback):
             for t, e in zip(self._tensors(self.learn.model), self._tensors(self.ema_model.module), strict=True):
                 t.copy_(e)
         self.ema_model = None
-
-
-# ---- data: an ImageDataset as fastai DataLoaders ----------------------------------------------------
-
-
-class ImageOf(ItemTransform):
-    """Item -> TensorImage (C, H, W): the image of an (image, label) pair, or a bare image tensor as is.
-
-    Bare images are what `learn.predict(TensorImage(img))` and `dls.test_dl([...])` pass in.
-    """
-
-    def encodes(self, item):  # no annotation: fastai dispatches on it, and items are tuples or tensors
-        return TensorImage(item[0] if isinstance(item, tuple | list) else item)
-
-
-class LabelOf(ItemTransform):
-    """(image, label index) -> class name, which `Categorize(vocab=classes)` turns back into an index
-    (and `predict` decodes to the name)."""
-
-    def __init__(self, classes: Sequence[str]):
-        super().__init__()
-        self.classes = list(classes)
-
-    def encodes(self, item):  # (image, label) pair
-        return self.classes[int(item[1])]
-
-
-class RandomCropFlip(Transform):
-    """Training-only batch transform: `mixmatch.augment.crop_flip` (reflect-pad-`pad` random crop, random
-    horizontal flip if `flip`) on a TensorImage batch of any dtype. Order 5 puts it before
-    IntToFloatTensor (10), so it gathers uint8 pixels as the library's Augmenter does."""
-
-    split_idx, order = 0, 5
-
-    def __init__(self, pad: int, flip: bool):
-        super().__init__()
-        self.pad, self.flip = pad, flip
-
-    def encodes(self, x: TensorImage) -> TensorImage:
-        return TensorImage(crop_flip(x, self.pad, self.flip))
-
-
-def image_dataloaders(
-    data: ImageDataset,
-    labeled: Tensor | None = None,
-    bs: int = 64,
-    iters_per_epoch: int | None = None,
-    pad: int = 4,
-    flip: bool = True,
-    val_bs: int = 512,
-    device: torch.device | str | None = None,
-) -> DataLoaders:
-    """fastai DataLoaders of an ImageDataset: training on the labelled subset, validation on the test split.
-
-    labeled: indices (n,) into data.train_images of the labelled subset (`mixmatch.data.labeled_split`);
-        None uses every training image.
-    iters_per_epoch: batches per training epoch. A small labelled set (50 images, batch 64) would give no
-        full batch at all, so the subset is repeated (each repetition shuffled with the others) until an
-        epoch holds this many batches of `bs`. None: one pass, at least one batch.
-    pad, flip: the training augmentation (`mixmatch.config.augmentation_of(name)` gives the paper's).
-    Batches: x TensorImage float (B, C, H, W) normalised with the training images' channel statistics
-    (`ImageDataset.channel_stats`), y TensorCategory (B,). Items are (uint8 image, label) pairs, vocab
-    `data.classes`; `learn.predict(TensorImage(img))` takes a uint8 (C, H, W) image.
-    """
-    train_idx = torch.arange(data.train_images.shape[0]) if labeled is None else torch.as_tensor(labeled)
-    n = int(train_idx.numel())
-    if n == 0:
-        raise ValueError("the labelled subset is empty")
-    repeats = max(1, -(-(iters_per_epoch or 1) * bs // n))  # ceil(iters * bs / n)
-    train_idx = train_idx.repeat(repeats)
-    if iters_per_epoch is not None:
-        train_idx = train_idx[: iters_per_epoch * bs]
-    n_train = data.train_images.shape[0]
-    images = torch.cat([data.train_images, data.test_images])
-    labels = torch.cat([data.train_labels, data.test_labels])
-    items = list(zip(images, labels.tolist(), strict=True))
-    valid_idx = list(range(n_train, n_train + data.test_images.shape[0]))
-    dsets = Datasets(
-        items,
-        tfms=[[ImageOf()], [LabelOf(data.classes), Categorize(vocab=data.classes)]],
-        splits=[train_idx.tolist(), valid_idx],
-    )
-    mean, std = data.channel_stats()
-    return dsets.dataloaders(
-        bs=bs,
-        val_bs=val_bs,
-        after_batch=[RandomCropFlip(pad, flip), IntToFloatTensor(), Normalize.from_stats(mean, std, cuda=False)],
-        num_workers=0,  # items are in-memory tensors: worker processes would only add start-up time
-        device=device,
-    )
-
-
-# ---- the Learner ---------------------------------------------------------------------------------------
-
-
-def _input_shape(dls: DataLoaders, unlabeled: Any) -> tuple[int, int]:
-    """(channels, image size) from the unlabelled pool if it is a tensor, else from one training item."""
-    if isinstance(unlabeled, Tensor):
-        return int(unlabeled.shape[1]), int(unlabeled.shape[-1])
-    x = _first(dls.train_ds[0]) if hasattr(dls, "train_ds") else _first(dls.one_batch())[0]
-    return int(x.shape[0]), int(x.shape[-1])
-
-
-def mixmatch_learner(
-    dls: DataLoaders,
-    unlabeled: Tensor | Iterable[Any] | None,
-    arch: str = "wrn28_2",
-    augment: Callable[[Tensor], Tensor] | None = None,
-    K: int = 2,
-    T: float = 0.5,
-    alpha: float = 0.75,
-    lambda_u: float = 75.0,
-    rampup_steps: int = PAPER_RAMPUP_STEPS,
-    ema_decay: float = 0.999,
-    num_classes: int | None = None,
-    in_channels: int | None = None,
-    image_size: int | None = None,
-    wd: float = 0.02,
-    cbs: Sequence[Callback] = (),
-    mix: str = "all",
-    bn_mode: str = "concat",
-    distribution_alignment: bool = False,
-    labeled_marginal: Tensor | None = None,
-    ema_warmup: bool = True,
-    **learner_kwargs: Any,
-) -> Learner:
-    """A Learner set up as the paper (and the library's Trainer): model `arch` from
-    `mixmatch.models.build_model`, Adam (beta1 0.9, beta2 0.999, eps 1e-8, as torch's and the official
-    code's) with decoupled weight decay `wd` on conv/linear weights only (fastai's default leaves
-    BatchNorm and biases undecayed, and applies w *= 1 - lr*wd, the Trainer's form), cross-entropy and
-    accuracy for validation, `MixMatchCallback(unlabeled, augment, K, T, alpha, lambda_u, rampup_steps, mix,
-    bn_mode, distribution_alignment, labeled_marginal)` and, if ema_decay > 0,
-    `EMACallback(ema_decay, warmup=ema_warmup)`.
-
-    unlabeled: see `MixMatchCallback` (an image tensor (N, C, H, W) or a loader). None builds the same
-        Learner without MixMatch: the labelled-only baseline, trained and evaluated the same way.
-    num_classes, in_channels, image_size: for the model; by default dls.c and the shape of the images.
-    learner_kwargs go to `Learner` (e.g. path, lr, opt_func, metrics, loss_func).
-    """
-    if num_classes is None:
-        num_classes = int(dls.c)
-    if in_channels is None or image_size is None:
-        channels, size = _input_shape(dls, unlabeled)
-        in_channels, image_size = in_channels or channels, image_size or size
-    model = build_model(arch, num_classes, in_channels, image_size)
-    callbacks: list[Callback] = list(cbs)
-    if unlabeled is not None:
-        callbacks.append(
-            MixMatchCallback(
-                unlabeled,
-                augment,
-                K,
-                T,
-                alpha,
-                lambda_u,
-                rampup_steps,
-                mix,
-                bn_mode,
-                distribution_alignment,
-                labeled_marginal,
-            )
-        )
-    if ema_decay > 0:
-        callbacks.append(EMACallback(ema_decay, warmup=ema_warmup))
-    learner_kwargs.setdefault("loss_func", CrossEntropyLossFlat())
-    learner_kwargs.setdefault("metrics", accuracy)
-    learner_kwargs.setdefault("opt_func", partial(Adam, mom=0.9, sqr_mom=0.999, eps=1e-8))
-    learner_kwargs.setdefault("lr", 2e-3)
-    return Learner(dls, model, wd=wd, cbs=callbacks, **learner_kwargs)

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import runfolder as R
-from .config import TrainConfig
+from .. import runfolder
+from ..config import TrainConfig
 
 FORMAT = "mixmatch-checkpoint/1"
 
@@ -41,17 +41,17 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(state: dict[str, Any], path: Path, keep: int) -> None:
     """Write `state` to `path` (from runfolder.checkpoint_path) and delete all but the newest `keep` checkpoints."""
-    R.make_folder(path.parent)
-    R.atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
+    runfolder.make_folder(path.parent)
+    runfolder.atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
     run_dir = path.parent.parent
-    for old in R.checkpoints(run_dir)[:-keep]:
+    for old in runfolder.checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
-    R.remove_temporaries(path.parent, "step-*.pt")
+    runfolder.remove_temporaries(path.parent, "step-*.pt")
 
 
 def remove_checkpoints(run_dir: str | Path) -> None:
     """Delete a run folder's checkpoints: a fresh run there must not resume, or keep, an earlier run's."""
-    for path in R.checkpoints(run_dir):
+    for path in runfolder.checkpoints(run_dir):
         path.unlink()
 
 
@@ -105,9 +105,9 @@ def load_newest(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
     Newer ones that do not load are skipped with one warning line that names each and why; CheckpointError
     if the folder has none, or none loads (the message gives the newest one's problem).
     """
-    found = R.checkpoints(run_dir)
+    found = runfolder.checkpoints(run_dir)
     if not found:
-        raise CheckpointError(f"{run_dir} has no checkpoint (nothing in {Path(run_dir) / R.CHECKPOINTS})")
+        raise CheckpointError(f"{run_dir} has no checkpoint (nothing in {Path(run_dir) / runfolder.CHECKPOINTS})")
     problems: list[str] = []
     for path in reversed(found):
         try:
@@ -146,9 +146,9 @@ RESUME_OVERRIDES = ("device", "progress", "data_dir", "download", "threads")
 
 def run_config(run_dir: str | Path) -> TrainConfig:
     """The config a run folder was started with (its config.json), for --resume."""
-    path = Path(run_dir) / R.CONFIG
+    path = Path(run_dir) / runfolder.CONFIG
     if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not a run folder (no {R.CONFIG})")
+        raise CheckpointError(f"{run_dir} is not a run folder (no {runfolder.CONFIG})")
     try:
         values = json.loads(path.read_text())
     except json.JSONDecodeError as error:
@@ -182,8 +182,8 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> TrainConfig
             )
     if saved.threads is None and overrides.get("threads") is None:
         log.warning(
-            f"mixmatch: warning: {Path(run_dir) / R.CONFIG} does not record the thread count the run started with "
-            "(it predates that): it continues on auto threads, which is exact only if they are as many"
+            f"mixmatch: warning: {Path(run_dir) / runfolder.CONFIG} does not record the thread count the run started "
+            "with (it predates that): it continues on auto threads, which is exact only if they are as many"
         )
     device = overrides.get("device", saved.device)
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import runfolder as R
-from .algorithm import sharpen
+from .. import runfolder
+from ..algorithm import sharpen
 
 
 def _pyplot():
@@ -46,7 +46,7 @@ def beta_figure(path: str | Path, alphas: tuple[float, ...] = (0.1, 0.75, 2.0, 1
     axes[0].legend(fontsize=8, loc="upper center")
     fig.suptitle("MixUp weights: lambda' >= 0.5 keeps each mixed example closer to its first input")
     fig.tight_layout()
-    R.save_figure(fig, path, dpi=110)
+    runfolder.save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -67,12 +67,12 @@ def sharpening_figure(path: str | Path, temperatures: tuple[float, ...] = (2.0, 
     axes[0].set_ylabel("probability")
     fig.suptitle("Sharpen(p, T) = p^(1/T) / sum p^(1/T): T = 1 keeps p, T -> 0 tends to one-hot")
     fig.tight_layout()
-    R.save_figure(fig, path, dpi=110)
+    runfolder.save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
 def all_figures(out: str | Path) -> list[Path]:
-    out = R.make_folder(out)
+    out = runfolder.make_folder(out)
     paths = [out / "beta.png", out / "sharpening.png"]
     beta_figure(paths[0])
     sharpening_figure(paths[1])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .config import TrainConfig
+from ..config import TrainConfig
 
 # name -> (TrainConfig overrides, the paper's table 4 row, its error (%) on CIFAR-10 with 250 labels or None)
 ABLATIONS: dict[str, tuple[dict, str, float | None]] = {

@@ -9,8 +9,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from . import runfolder as R
-from .metrics import MEDIAN_OF_LAST, median_of_last, read_records
+from .. import runfolder
+from ..training.metrics import MEDIAN_OF_LAST, median_of_last, read_records
 
 log = logging.getLogger(__name__)
 
@@ -25,17 +25,17 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     metrics.jsonl's evaluation records. A metrics line cut short is skipped with a warning.
     """
     run_dir = Path(run_dir)
-    summary_path = run_dir / R.SUMMARY
+    summary_path = run_dir / runfolder.SUMMARY
     if not summary_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a finished run folder (no {R.SUMMARY})")
-    records = read_records(run_dir / R.METRICS, warn=True)
+        raise FileNotFoundError(f"{run_dir} is not a finished run folder (no {runfolder.SUMMARY})")
+    records = read_records(run_dir / runfolder.METRICS, warn=True)
     evaluations = [r for r in records if "test_accuracy" in r]
     summary = json.loads(summary_path.read_text())
     summary.setdefault(MEDIAN_KEY, median_of_last([r["test_accuracy"] for r in evaluations]))
     return dict(
         dir=str(run_dir),
         summary=summary,
-        config=json.loads((run_dir / R.CONFIG).read_text()),
+        config=json.loads((run_dir / runfolder.CONFIG).read_text()),
         train=[r for r in records if "loss" in r],
         eval=evaluations,
     )
@@ -164,7 +164,7 @@ def plot_curves(runs: list[dict[str, Any]], path: str | Path, key: str = "method
     first = runs[0]["summary"]
     fig.suptitle(f"{first['dataset']}, {first['num_labels']} labels, {len(runs)} runs")
     fig.tight_layout()
-    R.save_figure(fig, path, dpi=110)
+    runfolder.save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -174,8 +174,8 @@ def report(run_dirs: list[str | Path], out: str | Path | None = None, key: str =
     rows = aggregate(runs, key)
     table = markdown_table(rows, key)
     if out is not None:
-        out = R.make_folder(out)
-        R.write_text(out / "results.md", table + "\n")
-        R.write_json(out / R.RESULTS_JSON, rows)
+        out = runfolder.make_folder(out)
+        runfolder.write_text(out / "results.md", table + "\n")
+        runfolder.write_json(out / runfolder.RESULTS_JSON, rows)
         plot_curves(runs, out / "curves.png", key)
     return table

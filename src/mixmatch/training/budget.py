@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from .config import CPU_SCALE, PAPER, ConfigError, TrainConfig
-from .dataset import ImageDataset
+from ..config import CPU_SCALE, PAPER, ConfigError, TrainConfig
+from ..data.dataset import ImageDataset
 from .distributed import ProcessGroup
 from .runtime import pick_device
 
@@ -67,7 +67,7 @@ def complete(cfg: TrainConfig) -> TrainConfig:
 def time_run(cfg: TrainConfig, data: ImageDataset, steps: int = 8) -> tuple[float, float]:
     """Seconds of one training step of `cfg` on `data` (the median of `steps` after two warm-up steps) and of
     one evaluation of its test split (timed on up to EVAL_PROBE images, scaled to all of them)."""
-    from .train import Trainer
+    from .trainer import Trainer
 
     probe = dataclasses.replace(cfg, steps=1_000_000, minutes=None, compile="off", progress=False, ema_decay=0.0)
     trainer = Trainer(probe, data)

@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from . import runfolder as R
+from .. import runfolder
 
 # The paper reports the median error of the last 20 checkpoints (arXiv:1905.02249, section 4.1).
 MEDIAN_OF_LAST = 20
@@ -44,16 +44,16 @@ class MetricsLog:
         self.accuracies: list[float] = []
         if run_dir is None:
             return
-        self.path = path = run_dir / R.METRICS
+        self.path = path = run_dir / runfolder.METRICS
         kept = [] if resume_step is None else [r for r in read_records(path, warn=True) if r["step"] <= resume_step]
-        R.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+        runfolder.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         self.accuracies = [r["test_accuracy"] for r in kept if "test_accuracy" in r]
-        with R.writing(path):
+        with runfolder.writing(path):
             self.file = path.open("a")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir / R.TENSORBOARD), purge_step=resume_step)
+            self.writer = SummaryWriter(str(run_dir / runfolder.TENSORBOARD), purge_step=resume_step)
 
     def write(self, record: dict[str, Any]) -> None:
         if "test_accuracy" in record:
@@ -61,7 +61,7 @@ class MetricsLog:
         if self.file is None:
             return
         # A record per log interval is rare enough to flush each: a killed run loses none.
-        with R.writing(self.path):
+        with runfolder.writing(self.path):
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
         if self.writer is not None:
@@ -71,7 +71,7 @@ class MetricsLog:
 
     def flush(self) -> None:
         if self.file is not None:
-            with R.writing(self.path):
+            with runfolder.writing(self.path):
                 self.file.flush()
         if self.writer is not None:
             self.writer.flush()

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import runfolder as R
+from .. import runfolder
 from .dataset import DataError, ImageDataset
 from .images import DECODER_VERSION, ImageError, find_image_files, is_image_file, is_our_figure, load_image
 
@@ -217,10 +217,10 @@ def _decode_all(root: Path, names: list[str], size: int) -> _Decoded:
 def _write_cache(record: dict, prefix: str, key: str, root: Path) -> None:
     for folder in _cache_dirs(root):
         try:
-            R.make_folder(folder)
+            runfolder.make_folder(folder)
             # atomic: a concurrent run never reads half a file, and a full disk leaves no partial one
-            R.atomic_write(folder / f"{prefix}-{key}.pt", lambda tmp: torch.save(record, tmp))
-        except R.WriteError:
+            runfolder.atomic_write(folder / f"{prefix}-{key}.pt", lambda tmp: torch.save(record, tmp))
+        except runfolder.WriteError:
             continue
         for stale in folder.glob(f"{prefix}-*.pt"):
             if stale.name != f"{prefix}-{key}.pt":

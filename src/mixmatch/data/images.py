@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..runfolder import OUR_SOFTWARE, is_output_folder
 from .dataset import DataError
-from .runfolder import OUR_SOFTWARE, is_output_folder
 
 if TYPE_CHECKING:
     from PIL.Image import Image

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, get_args
 import torch
 from torch import Tensor, nn
 
-from . import algorithm as A
-from .config import PAPER_RAMPUP_STEPS, BnMode, MixMode
+from .. import algorithm
+from ..config import PAPER_RAMPUP_STEPS, BnMode, MixMode
 
 if TYPE_CHECKING:
-    from .config import TrainConfig
+    from ..config import TrainConfig
 
 Forward = Callable[[Tensor], Tensor]
 
@@ -105,15 +105,15 @@ class MixMatchStep:
         data, reads `config.distribution_alignment`.
         """
         return cls(
-            config.k,
-            config.temperature,
-            config.alpha,
-            config.lambda_u,
-            config.rampup_steps,
-            config.mix,
-            config.bn_mode,
-            labeled_marginal,
-            average,
+            K=config.k,
+            T=config.temperature,
+            alpha=config.alpha,
+            lambda_u=config.lambda_u,
+            rampup_steps=config.rampup_steps,
+            mix=config.mix,
+            bn_mode=config.bn_mode,
+            labeled_marginal=labeled_marginal,
+            average=average,
         )
 
     @property
@@ -133,7 +133,7 @@ class MixMatchStep:
 
     def lambda_u_at(self, step: int) -> float:
         """Weight of L_U at training step `step` (counted from 0): lambda_u times the linear ramp-up."""
-        return self.lambda_u * A.linear_rampup(step, self.rampup_steps)
+        return self.lambda_u * algorithm.linear_rampup(step, self.rampup_steps)
 
     def guess(
         self, model: nn.Module, u_views: Tensor, forward: Forward | None = None, update_alignment: bool = True
@@ -148,8 +148,8 @@ class MixMatchStep:
         marginal as it is and leaves it unchanged (for diagnostics).
         """
         align = partial(self._align, update=update_alignment) if self.distribution_alignment else None
-        with A.frozen_batchnorm_stats(model):
-            return A.guess_labels(model if forward is None else forward, u_views, self.T, align)
+        with algorithm.frozen_batchnorm_stats(model):
+            return algorithm.guess_labels(model if forward is None else forward, u_views, self.T, align)
 
     def _align(self, p: Tensor, update: bool) -> Tensor:
         """Distribution alignment of (B, L) guesses against the running mean of the model's guesses.
@@ -159,7 +159,7 @@ class MixMatchStep:
         """
         if update:
             self.guess_marginal.lerp_(self.average(p.mean(0)), 1 - ALIGNMENT_DECAY)
-        return A.align_distribution(p, self.guess_marginal, self.labeled_marginal)
+        return algorithm.align_distribution(p, self.guess_marginal, self.labeled_marginal)
 
     def mix(self, x: Tensor, p: Tensor, u_views: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """X', p', U', q' of the augmented labelled batch x (B, C, H, W) with one-hot labels p (B, L), views
@@ -170,15 +170,15 @@ class MixMatchStep:
         each within itself, leaving the rest as it is. Draws from the global RNG (randperm, then Beta).
         """
         if self.mix_mode == "all":
-            return A.mixmatch(x, p, u_views, q, self.alpha)
+            return algorithm.mixmatch(x, p, u_views, q, self.alpha)
         u, qk = u_views.flatten(0, 1), q.repeat(u_views.shape[0], 1)
         mix_x, mix_u = self.mix_mode in ("labeled", "separate"), self.mix_mode in ("unlabeled", "separate")
         if mix_x:
             perm = torch.randperm(x.shape[0], device=x.device)
-            x, p = A.mixup(x, p, x[perm], p[perm], self.alpha)
+            x, p = algorithm.mixup(x, p, x[perm], p[perm], self.alpha)
         if mix_u:
             perm = torch.randperm(u.shape[0], device=u.device)
-            u, qk = A.mixup(u, qk, u[perm], qk[perm], self.alpha)
+            u, qk = algorithm.mixup(u, qk, u[perm], qk[perm], self.alpha)
         return x, p, u, qk
 
     def forward_mixed(
@@ -199,11 +199,11 @@ class MixMatchStep:
         if self.bn_mode == "concat":
             logits = forward(torch.cat([x_mix, u_mix]))
             return logits[:n_x], logits[n_x:]
-        batches = A.interleave([x_mix, *u_mix.split(n_x)], n_x)
+        batches = algorithm.interleave([x_mix, *u_mix.split(n_x)], n_x)
         logits = [forward(batches[0])]
-        with A.frozen_batchnorm_stats(model):
+        with algorithm.frozen_batchnorm_stats(model):
             logits += [forward(b) for b in batches[1:]]
-        logits = A.interleave(logits, n_x)
+        logits = algorithm.interleave(logits, n_x)
         return logits[0], torch.cat(logits[1:])
 
     def loss(
@@ -214,4 +214,4 @@ class MixMatchStep:
         logits_x, targets_x: (B, L) for X'; logits_u, targets_u: (K*B, L) for U'; lambda_u: the weight at
         this step, `lambda_u_at(step)` (the front end's to pass, so that it reports the weight it used).
         """
-        return A.mixmatch_loss(logits_x, targets_x, logits_u, targets_u, lambda_u)
+        return algorithm.mixmatch_loss(logits_x, targets_x, logits_u, targets_u, lambda_u)

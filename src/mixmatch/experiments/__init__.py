@@ -1,0 +1,1 @@
+"""Experiments over many runs: grids, ablations, tables and figures, the sharpening demo."""

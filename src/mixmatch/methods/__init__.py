@@ -1,0 +1,1 @@
+"""The semi-supervised methods, one module each."""
