@@ -9,7 +9,7 @@ import torch
 from mixmatch.cli import main
 from mixmatch.config import PRESETS, ConfigError, TrainConfig
 from mixmatch.data.loaders import load_dataset
-from mixmatch.training import budget
+from mixmatch.training import budget, trainer
 from mixmatch.training.trainer import Trainer
 from test_data_flags import image_folder
 
@@ -27,8 +27,8 @@ def test_the_folder_preset_fits_ten_minutes_on_a_cpu_with_the_cpu_scale_settings
     assert PRESETS["folder"]["steps"] is None and PRESETS["folder"]["arch"] is None
     cfg = TrainConfig(dataset="folder", data_dir=str(folder), image_size=16, device="cpu").resolved()
     data = load_dataset("folder", str(folder), image_size=16)
-    monkeypatch.setattr(budget, "time_run", lambda cfg, data: (0.05, 3.0))  # 50 ms a step, 3 s an evaluation
-    planned, why = budget.plan(cfg, data)
+    monkeypatch.setattr(trainer, "time_run", lambda cfg, data: (0.05, 3.0))  # 50 ms a step, 3 s an evaluation
+    planned, why = trainer.fit_to_machine(cfg, data)
     # 90% of 10 minutes less 20 evaluations of 3 s, at 50 ms a step, in hundreds: 9600 steps; ramp-up 40%.
     assert (planned.steps, planned.arch, planned.rampup_steps, planned.eval_every) == (9600, "wrn10_1", 3840, 480)
     assert (planned.schedule, planned.lambda_u, planned.distribution_alignment) == ("cosine", 150, True)
@@ -38,14 +38,14 @@ def test_the_folder_preset_fits_ten_minutes_on_a_cpu_with_the_cpu_scale_settings
     assert "9600 steps" in why and "--minutes 40" in why
     assert "cosine learning rate, distribution alignment on" in why
     capped = TrainConfig(dataset="folder", data_dir=str(folder), image_size=16, device="cpu", max_minutes=5)
-    assert budget.plan(capped.resolved(), data)[0].steps == 4200  # 270 s less 60 s, at 50 ms a step
+    assert trainer.fit_to_machine(capped.resolved(), data)[0].steps == 4200  # 270 s less 60 s, at 50 ms a step
 
 
 def test_on_a_gpu_the_folder_preset_takes_the_papers_model_and_settings(monkeypatch):
-    monkeypatch.setattr(budget, "pick_device", lambda name: torch.device("cuda"))
-    cfg = budget.complete(TrainConfig(dataset="folder").resolved())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cfg = TrainConfig(dataset="folder").resolved()
     assert (cfg.arch, cfg.schedule, cfg.lambda_u, cfg.distribution_alignment) == ("wrn28_2", "constant", 75, False)
-    mine = budget.complete(TrainConfig(dataset="folder", arch="cnn", distribution_alignment=True).resolved())
+    mine = TrainConfig(dataset="folder", arch="cnn", distribution_alignment=True).resolved()
     assert (mine.arch, mine.schedule, mine.distribution_alignment) == ("cnn", "constant", True)
 
 
@@ -53,32 +53,37 @@ def test_given_minutes_ramp_up_and_evaluation_interval_are_kept(folder):
     cfg = TrainConfig(dataset="digits", minutes=1, rampup_steps=7, eval_every=9, device="cpu").resolved()
     assert cfg.steps is None  # the budget decides, not the preset's 5000
     assert budget.needs_budget(cfg)
-    planned, why = budget.plan(cfg, None, seconds_per_step=0.01)
+    planned, why = budget.plan(cfg, seconds_per_step=0.01)
     assert (planned.steps, planned.arch, planned.rampup_steps, planned.eval_every) == (5400, "cnn", 7, 9)
     assert why.startswith("digits on cpu: 1 minute of training")
-    assert budget.plan(cfg, None, seconds_per_step=100.0)[0].steps == budget.MIN_STEPS
+    assert budget.plan(cfg, seconds_per_step=100.0)[0].steps == budget.MIN_STEPS
 
 
 def test_a_budget_below_the_least_a_run_trains_says_how_long_that_takes():
     cfg = TrainConfig(dataset="digits", minutes=0.1, device="cpu").resolved()
-    planned, why = budget.plan(cfg, None, seconds_per_step=0.2, seconds_per_evaluation=0.5)
+    planned, why = budget.plan(cfg, seconds_per_step=0.2, seconds_per_evaluation=0.5)
     assert planned.steps == budget.MIN_STEPS == 100
     # 100 steps at 0.2 s and the 2 evaluations of 0.5 s that fit: 21 s, over the 0.1 minutes (6 s) asked for.
-    assert "100 steps (100 steps is the least a run trains: about 0.35 minutes here, more than the 0.1 asked for)" \
+    assert "100 steps (100 steps is the least a run trains: about 21 s here, more than the 0.1 minutes asked for)" \
         in why
-    roomy, why = budget.plan(dataclasses.replace(cfg, minutes=10), None, seconds_per_step=0.2)
+    assert "2 evaluations (20 evaluations of 0.5 s would take over 25% of the budget" in why
+    # At the floor, the plan speaks of the evaluations its interval gives: 17 fit a quarter of the budget, but
+    # 100 steps evaluated every 100 // 17 = 5 are evaluated 20 times.
+    planned, why = budget.plan(cfg, seconds_per_step=0.2, seconds_per_evaluation=0.078)
+    assert planned.steps == 100 and planned.eval_every == 5 and "20 evaluations." in why and "over the" not in why
+    roomy, why = budget.plan(dataclasses.replace(cfg, minutes=10), seconds_per_step=0.2)
     assert roomy.steps > 100 and "least a run trains" not in why
 
 
 def test_steps_and_minutes_together_and_a_trainer_without_steps_are_refused(tmp_path, digits):
     with pytest.raises(ConfigError, match=r"a step count both set the length of a run"):
-        budget.plan(TrainConfig(steps=10, minutes=1.0), None, seconds_per_step=0.1)
+        budget.plan(TrainConfig(steps=10, minutes=1.0), seconds_per_step=0.1)
     with pytest.raises(ConfigError, match="steps must be set"):
         Trainer(TrainConfig(dataset="folder", out=str(tmp_path)), digits)
 
 
 def test_time_run_measures_a_real_step_and_evaluation(digits):
-    step, evaluation = budget.time_run(TrainConfig(device="cpu", amp="off").resolved(), digits, steps=2)
+    step, evaluation = trainer.time_run(TrainConfig(device="cpu", amp="off").resolved(), digits, steps=2)
     assert 0 < step < 5 and 0 < evaluation < 5
 
 
@@ -106,10 +111,10 @@ def test_a_cpu_preset_is_capped_at_15_minutes_unless_the_user_gives_the_steps():
     assert TrainConfig(dataset="cifar10").resolved().max_minutes is None  # the paper's schedule stays whole
     # 150 ms a step and 2 s an evaluation (the fp32 stand-in here): 5000 steps and 20 evaluations fit 90% of
     # 15 minutes, nothing changes.
-    assert budget.cap(cfg, None, seconds_per_step=0.15, seconds_per_evaluation=2.0) == (cfg, None)
+    assert budget.cap(cfg, seconds_per_step=0.15, seconds_per_evaluation=2.0) == (cfg, None)
     # A CPU at 250 ms a step and 6 s an evaluation: 810 s less 120 s holds 2700 steps; ramp-up and evaluations
     # keep their share.
-    capped, why = budget.cap(cfg, None, seconds_per_step=0.25, seconds_per_evaluation=6.0)
+    capped, why = budget.cap(cfg, seconds_per_step=0.25, seconds_per_evaluation=6.0)
     assert (capped.steps, capped.rampup_steps, capped.eval_every) == (2700, 1080, 135)
     assert capped.max_minutes == 15 and capped.arch == cfg.arch and capped.lambda_u == cfg.lambda_u
     assert "fashion-mnist on cpu: 5000 steps at 250 ms a step and 6 s an evaluation (measured) would take 23 " \
@@ -121,25 +126,25 @@ def test_a_tight_budget_evaluates_fewer_times_and_counts_its_steps_in_tens():
     cfg = TrainConfig(dataset="digits", minutes=1, device="cpu").resolved()
     # 20 evaluations of 3 s would take all of 90% of a minute (54 s): a quarter of it holds 4 of them, and
     # the 42 s left hold 840 steps of 50 ms, counted in tens below 1000.
-    planned, why = budget.plan(cfg, None, seconds_per_step=0.05, seconds_per_evaluation=3.0)
+    planned, why = budget.plan(cfg, seconds_per_step=0.05, seconds_per_evaluation=3.0)
     assert (planned.steps, planned.eval_every, planned.rampup_steps) == (840, 210, 336)
     assert "840 steps" in why and "4 evaluations (20 evaluations of 3 s would take over 25% of the budget; the " \
         "median of the last 20 is over the 4 there are)" in why
     # Cheap evaluations keep all 20, and steps below 1000 are no longer rounded down to hundreds.
-    planned, why = budget.plan(cfg, None, seconds_per_step=0.2, seconds_per_evaluation=0.0)
+    planned, why = budget.plan(cfg, seconds_per_step=0.2, seconds_per_evaluation=0.0)
     assert (planned.steps, planned.eval_every) == (270, 13)
     assert "20 evaluations." in why
     # An evaluation under a second is shown as such, not as 0 s.
-    assert "5 ms a step and 0.08 s an evaluation" in budget.plan(cfg, None, 0.005, 0.08)[1]
+    assert "5 ms a step and 0.08 s an evaluation" in budget.plan(cfg, 0.005, 0.08)[1]
     # The user's own --eval-every is kept, and its evaluations are paid for: 50 ms a step plus 3 s every 100
     # steps is 80 ms a step, so 54 s hold 670 steps and 6 evaluations.
     mine = TrainConfig(dataset="digits", minutes=1, eval_every=100, device="cpu").resolved()
-    planned, why = budget.plan(mine, None, seconds_per_step=0.05, seconds_per_evaluation=3.0)
+    planned, why = budget.plan(mine, seconds_per_step=0.05, seconds_per_evaluation=3.0)
     assert (planned.steps, planned.eval_every) == (670, 100)
     assert "670 steps" in why and "6 evaluations." in why and "would take over" not in why
     # A CPU preset under a tight cap does the same: 1 minute for the Fashion-MNIST preset's 5000 steps.
     preset = TrainConfig(dataset="fashion-mnist", max_minutes=1, device="cpu").resolved()
-    capped, why = budget.cap(preset, None, seconds_per_step=0.05, seconds_per_evaluation=3.0)
+    capped, why = budget.cap(preset, seconds_per_step=0.05, seconds_per_evaluation=3.0)
     assert (capped.steps, capped.eval_every, capped.rampup_steps) == (840, 210, 336)
     assert "training 840 steps, lambda_u ramped up over 336, evaluated every 210 (20 evaluations of 3 s would " \
         "take over 25% of the budget" in why
@@ -148,7 +153,7 @@ def test_a_tight_budget_evaluates_fewer_times_and_counts_its_steps_in_tens():
 def test_a_capped_run_says_so_and_records_its_steps(tmp_path, digits, monkeypatch, capsys):
     from mixmatch.training.trainer import train
 
-    monkeypatch.setattr(budget, "time_run", lambda cfg, data: (30.0, 1.0))  # a very slow machine
+    monkeypatch.setattr(trainer, "time_run", lambda cfg, data: (30.0, 1.0))  # a very slow machine
     cfg = TrainConfig(dataset="digits", max_minutes=1, steps=400, rampup_steps=200, eval_every=100, amp="off",
                       progress=False, out=str(tmp_path / "run"))
     summary = train(cfg, digits)
@@ -162,7 +167,7 @@ def test_a_capped_run_says_so_and_records_its_steps(tmp_path, digits, monkeypatc
 
 def test_a_compare_grid_is_capped_once_and_every_run_keeps_the_same_steps(tmp_path, monkeypatch, capsys):
     timed = []
-    monkeypatch.setattr(budget, "time_run", lambda cfg, data: (timed.append(cfg.method) or 30.0, 1.0))
+    monkeypatch.setattr(trainer, "time_run", lambda cfg, data: (timed.append(cfg.method) or 30.0, 1.0))
     args = ["compare", "--max-minutes", "1", "--steps", "400", "--rampup-steps", "200", "--eval-every", "100",
             "--amp", "off", "--no-progress", "--methods", "mixmatch", "supervised", "--seeds", "0"]
     assert main([*args, "--out", str(tmp_path / "grid")]) == 0
@@ -177,7 +182,7 @@ def test_a_compare_grid_is_capped_once_and_every_run_keeps_the_same_steps(tmp_pa
 
 def test_a_budgeted_grid_with_a_cap_is_timed_once_too(folder, tmp_path, monkeypatch):
     timed = []
-    monkeypatch.setattr(budget, "time_run", lambda cfg, data: (timed.append(cfg.method) or 30.0, 1.0))
+    monkeypatch.setattr(trainer, "time_run", lambda cfg, data: (timed.append(cfg.method) or 30.0, 1.0))
     args = ["compare", "--dataset", "folder", "--data-dir", str(folder), "--image-size", "16", "--max-minutes",
             "0.02", "--batch-size", "8", "--amp", "off", "--no-progress", "--methods", "mixmatch", "supervised",
             "--seeds", "0", "--out", str(tmp_path / "grid")]

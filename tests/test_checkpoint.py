@@ -138,13 +138,19 @@ def test_resume_says_when_the_threads_or_device_differ_from_the_runs_own(finishe
     assert "will not end with the weights of an uninterrupted run" in caplog.text
     assert f"({runfolder.checkpoints(run)[0].name}, cpu, {other} CPU threads)" in capsys.readouterr().err
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    caplog.clear()
+    assert main(["train", "--resume", str(run), "--device", "cuda", "--no-progress"]) == 2
+    assert capsys.readouterr().err == "mixmatch: error: --device cuda: this machine has no CUDA device\n"
+    assert not caplog.text, "no warning before the error"
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "device": "cuda"}))
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["train", "--resume", str(run), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"mixmatch: error: {run} trained on cuda, and this machine has no CUDA device: continue it on the "
                    "CPU with --device cpu (not bit-identical to an uninterrupted run)"]
+    assert main(["train", "--resume", str(run), "--threads", "0", "--no-progress"]) == 2
+    assert capsys.readouterr().err == "mixmatch: error: --threads must be >= 1, got 0\n"
 
 
 def test_sigterm_saves_a_checkpoint_and_says_where(tmp_path):

@@ -1,6 +1,7 @@
 """TrainConfig: presets from the paper's base, pad/flip as fields, Literal choices, and every field's range."""
 
 import dataclasses
+import json
 import typing
 
 import pytest
@@ -137,3 +138,52 @@ def test_a_resumed_config_json_without_pad_and_flip_takes_the_preset():
     old = {k: v for k, v in dataclasses.asdict(TrainConfig(dataset="svhn")).items() if k not in ("pad", "flip")}
     cfg = TrainConfig(**old).resolved()
     assert (cfg.pad, cfg.flip) == (4, False)
+
+
+# ---- settings files: --config and --print-config -----------------------------------------------------------
+
+
+def test_a_run_started_from_another_runs_config_json_trains_the_same_weights(tmp_path, capsys):
+    import torch
+
+    from mixmatch.cli import main
+    from mixmatch.runfolder import checkpoints
+    from mixmatch.training.checkpoint import safe_load
+
+    first, again = tmp_path / "first", tmp_path / "again"
+    flags = ["--steps", "30", "--rampup-steps", "10", "--lr", "0.004", "--batch-size", "16", "--threads", "1"]
+    assert main(["train", *flags, "--amp", "off", "--no-progress", "--out", str(first)]) == 0
+    assert main(["train", "--config", str(first / "config.json"), "--out", str(again), "--no-progress"]) == 0
+    a, b = (safe_load(checkpoints(run)[-1]) for run in (first, again))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    recorded = [json.loads((run / "config.json").read_text()) for run in (first, again)]
+    assert {**recorded[0], "out": None} == {**recorded[1], "out": None}
+    capsys.readouterr()
+    # Without --out it does not write over the run it came from, and a flag wins over the file.
+    assert main(["train", "--config", str(first / "config.json"), "--lr", "0.001", "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["out"] == "runs/digits-mixmatch-50-0" and printed["lr"] == 0.001 and printed["steps"] == 30
+
+
+def test_a_yaml_settings_file_is_resolved_and_printed(tmp_path, capsys, cli_error):
+    from mixmatch.cli import main
+
+    (tmp_path / "fashion.yaml").write_text("dataset: fashion-mnist\nlambda_u: 100\nseed: 3\n")
+    assert main(["train", "--config", str(tmp_path / "fashion.yaml"), "--print-config", "--device", "cpu"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["lambda_u"], printed["seed"], printed["arch"], printed["steps"]) == (100, 3, "wrn10_1", 5000)
+    assert printed["rampup_steps"] == 2000 and printed["schedule"] == "cosine"
+    assert main(["compare", "--config", str(tmp_path / "fashion.yaml"), "--print-config", "--seeds", "0", "1"]) == 0
+    runs = json.loads(capsys.readouterr().out)
+    assert [(r["method"], r["seed"], r["lambda_u"]) for r in runs][:4] == [
+        ("mixmatch", 0, 100), ("supervised", 0, 100), ("fully-supervised", 0, 100), ("mixmatch", 1, 100)]
+    (tmp_path / "bad.yaml").write_text("lambda_u: 100\nlamda_u: 5\n")
+    assert "bad.yaml has settings this mixmatch does not know: lamda_u" in cli_error(
+        "train", "--config", str(tmp_path / "bad.yaml"))
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    assert "holds list, not a mapping of settings" in cli_error("train", "--config", str(tmp_path / "list.yaml"))
+    (tmp_path / "broken.json").write_text("{")
+    assert "broken.json is not readable JSON" in cli_error("train", "--config", str(tmp_path / "broken.json"))
+    assert "drop --config" in cli_error("train", "--config", str(tmp_path / "fashion.yaml"), "--resume", "x")
+    assert "lambda_u must be >= 0" in cli_error("train", "--config", str(tmp_path / "fashion.yaml"), "--lambda-u",
+                                                "-1").replace("--lambda-u", "lambda_u")

@@ -399,4 +399,15 @@ def test_an_unlabelled_pool_of_another_size_or_channel_count_is_one_line(tmp_pat
         learn.fit(1, 1e-3)
     message = str(caught.value).splitlines()[-1].strip()
     assert message.startswith(f"MixMatchCallback: the unlabelled images ({shown} as given")
-    assert "do not match the labelled batch (1 channel of 8x8): give unlabeled_dl images of the labelled" in message
+    assert "do not match the labelled batch (1 channel of 8x8): give unlabeled_dl (mixmatch_learner's unlabeled) " \
+        "images of the labelled" in message
+
+
+def test_a_pool_that_is_no_image_batch_or_already_scaled_is_one_line(tmp_path, digits, split):
+    with pytest.raises(ValueError, match=r"must be a batch \(N, C, H, W\), got a tensor of shape \(1297, 64\)"):
+        make_learner(tmp_path, digits, split, unlabeled=digits.train_images.flatten(1))
+    learn = make_learner(tmp_path, digits, split, iters=2, unlabeled=digits.train_images.float() / 255)
+    with pytest.raises(ValueError) as caught, learn.no_bar(), learn.no_logging():
+        learn.fit(1, 1e-3)
+    assert "are torch.float32, and the training loader's IntToFloatTensor divides them by 255 as if raw: give raw " \
+        "uint8 images" in str(caught.value)

@@ -398,7 +398,7 @@ def test_folder_split_file_names_images_and_survives_new_images(digit_folder, tm
     grown = load_image_folder(digit_folder, image_size=8)
     assert [grown.files[i] for i in read_split(tmp_path / "split.json", grown).tolist()] == names
     (digit_folder / names[0]).unlink()
-    message = r"names 1 images that are not labelled training images here \(moved, deleted or unreadable\), e.g. "
+    message = r"names 1 image that is not a labelled training image here \(moved, deleted or unreadable\), e.g. "
     with pytest.raises(DataError, match=message + names[0]):
         read_split(tmp_path / "split.json", load_image_folder(digit_folder, image_size=8))
 
@@ -540,10 +540,10 @@ def test_a_resumed_folder_run_whose_labelled_image_is_gone_or_changed_is_one_lin
     original = image.read_bytes()
     save_png(image, 255 - np.asarray(Image.open(image)))
     line = cli_error("train", "--resume", str(out), "--no-progress")
-    assert f"names 1 labelled images that changed since: {named[0]} (its pixels changed)" in line
+    assert f"names 1 labelled image that changed since: {named[0]} (its pixels changed)" in line
     image.unlink()
     line = cli_error("train", "--resume", str(out), "--no-progress")
-    assert "split.json names 1 images that are not labelled training images here" in line and named[0] in line
+    assert "split.json names 1 image that is not a labelled training image here" in line and named[0] in line
     image.write_bytes(original)
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
 
@@ -560,7 +560,7 @@ def test_a_labels_csv_that_moves_a_named_image_to_another_class_is_one_line(tmp_
     moved = [f"{first},{'1' if row.split(',')[1] == '0' else '0'}" if row.startswith(first) else row for row in rows]
     (tmp_path / "labels.csv").write_text("\n".join(moved) + "\n")
     line = cli_error(*args[:-2], "--labeled-split", str(split))
-    assert f"names 1 labelled images that changed since: {first} (class" in line
+    assert f"names 1 labelled image that changed since: {first} (class" in line
 
 
 def test_run_folders_and_figures_inside_the_data_are_never_read_as_images(tmp_path, capsys):

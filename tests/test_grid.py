@@ -133,11 +133,11 @@ def test_errors_cross_from_a_worker_whole(error):
 
 def test_a_cap_that_would_cut_side_by_side_runs_keeps_them_one_after_another(tmp_path, cpus, monkeypatch, capsys):
     from mixmatch.experiments import grid
-    from mixmatch.training import budget
+    from mixmatch.training import trainer
 
     cpus(2)
     # On one thread a step takes 30 s (the 1-minute cap would cut 400 steps to 100), on two a millisecond.
-    monkeypatch.setattr(budget, "time_run", lambda cfg, data: (30.0 if torch.get_num_threads() == 1 else 0.001, 0.0))
+    monkeypatch.setattr(trainer, "time_run", lambda cfg, data: (30.0 if torch.get_num_threads() == 1 else 0.001, 0.0))
     trained = []
     monkeypatch.setattr(grid, "_train", lambda cfg, fitted, again: trained.append(cfg) or {"test_accuracy": 0.5,
                                                                                     "wall_seconds": 1.0})
@@ -152,11 +152,11 @@ def test_a_cap_that_would_cut_side_by_side_runs_keeps_them_one_after_another(tmp
 
 def test_a_budgeted_grid_gives_each_run_the_whole_machine(tmp_path, cpus, monkeypatch, capsys):
     from mixmatch.experiments import grid
-    from mixmatch.training import budget
+    from mixmatch.training import trainer
 
     cpus(2)
     threads = []
-    monkeypatch.setattr(budget, "time_run", lambda cfg, data: (threads.append(torch.get_num_threads()) or 0.01, 0.0))
+    monkeypatch.setattr(trainer, "time_run", lambda cfg, data: (threads.append(torch.get_num_threads()) or 0.01, 0.0))
     monkeypatch.setattr(grid, "_train", lambda cfg, fitted, again: {"test_accuracy": 0.5, "wall_seconds": 1.0})
     monkeypatch.setattr("mixmatch.experiments.report.report", lambda runs, out, key: "table")
     args = ["compare", "--minutes", "0.1", "--amp", "off", "--methods", "mixmatch", "supervised", "--seeds", "0",

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import statistics
@@ -210,11 +211,14 @@ def test_median_of_last_is_the_papers_median_of_the_last_20_evaluations():
     assert math.isnan(median_of_last([]))
 
 
-def test_resuming_a_finished_run_says_so_and_evaluates_it_again(tmp_path, digits, caplog):
+def test_resuming_a_finished_run_says_so_and_keeps_or_writes_its_summary(tmp_path, digits, caplog):
     from mixmatch.training.trainer import train
 
     cfg = TrainConfig(steps=4, eval_every=4, progress=False, out=str(tmp_path / "run"), amp="off")
     first = train(cfg, digits)
+    assert train(dataclasses.replace(cfg, threads=3), digits, resume=True) == first
+    assert "had already finished its 4 steps; its summary stands" in caplog.text
+    (tmp_path / "run" / "summary.json").unlink()  # stopped between its last checkpoint and its summary
     again = train(cfg, digits, resume=True)
     assert "had already finished its 4 steps; evaluated it again" in caplog.text
     assert again["steps"] == 4 and again["test_accuracy"] == first["test_accuracy"]
@@ -245,3 +249,13 @@ def test_a_ramp_up_longer_than_the_run_is_said_once(tmp_path, digits, capsys):
     assert "lambda_u ramps up over 8 steps but the run has 4: it ends at 50 of 100" in capsys.readouterr().err
     train(config(tmp_path, steps=4, eval_every=4, rampup_steps=4, out=str(tmp_path / "other")), digits)
     assert "ramps up" not in capsys.readouterr().err
+
+
+def test_more_threads_than_cpus_says_so(tmp_path, capsys):
+    from mixmatch.cli import main
+    from mixmatch.training.runtime import usable_cpus
+
+    many = len(usable_cpus()) + 1
+    args = ["train", "--steps", "2", "--eval-every", "2", "--amp", "off", "--no-progress", "--out", str(tmp_path)]
+    assert main([*args, "--threads", str(many)]) == 0
+    assert f"mixmatch: warning: --threads {many} on this machine's {many - 1} CPU" in capsys.readouterr().err

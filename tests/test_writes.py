@@ -101,8 +101,8 @@ def test_export_evaluate_and_predict_into_read_only_places_are_one_line(tmp_path
     before = sorted(p.name for p in (sealed / "run").rglob("*"))
 
     line = cli_error("export", str(sealed / "run"))
-    assert line.startswith(f"mixmatch: error: cannot write the folder of the exported model {sealed / 'run'}: the file "
-                           "system is read-only; nothing was written")
+    assert line == (f"mixmatch: error: cannot write the folder of the exported model {sealed / 'run'}: the file "
+                    "system is read-only; nothing was written (export --out FILE writes it elsewhere)")
     line = cli_error("evaluate", "--model", str(finished_run), "--out", str(sealed / "confusion.png"))
     assert line.startswith(f"mixmatch: error: cannot write the folder of the confusion matrix {sealed}: the file "
                            "system is read-only")
@@ -112,7 +112,8 @@ def test_export_evaluate_and_predict_into_read_only_places_are_one_line(tmp_path
 
     Image.new("L", (8, 8), 128).save(images / "a.png")
     line = cli_error("predict", "--model", str(finished_run), str(images), "--csv", str(sealed / "p.csv"))
-    assert line.startswith(f"mixmatch: error: cannot write the folder of --csv {sealed}: the file system is read-only")
+    assert line.startswith(f"mixmatch: error: cannot write the folder of the --csv file {sealed}: the file system is "
+                           "read-only")
     assert sorted(p.name for p in (sealed / "run").rglob("*")) == before
 
 
@@ -136,3 +137,23 @@ def test_a_disk_that_fills_while_a_checkpoint_is_written_is_one_line_and_keeps_t
     subprocess.run(["mount", "-o", "remount,size=8m", str(small)], check=True)
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 60
+
+
+def test_a_folder_where_a_file_must_go_and_a_missing_run_are_one_line_before_any_work(tmp_path, finished_run,
+                                                                                     cli_error, capsys):
+    assert main(["export", str(finished_run)]) == 0
+    capsys.readouterr()
+    (tmp_path / "cm").mkdir()
+    line = cli_error("evaluate", "--model", str(finished_run), "--out", str(tmp_path / "cm"))
+    assert line == (f"mixmatch: error: cannot write the confusion matrix {tmp_path / 'cm'}: a folder stands where the "
+                    "file must be; nothing was written")
+    assert cli_error("export", str(tmp_path / "nope")) == (
+        f"mixmatch: error: {tmp_path / 'nope'} is not a folder (a run folder holds its checkpoints)")
+
+
+def test_written_files_get_the_usual_permissions(finished_run, capsys):
+    assert main(["export", str(finished_run)]) == 0
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in ("model.safetensors", "model.json", "config.json", "summary.json"):
+        assert (finished_run / name).stat().st_mode & 0o777 == 0o666 & ~mask, name

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from . import runfolder
-from .config import GROUPS, METHODS, PRESETS, ConfigError, TrainConfig, field_types, flag
+from .config import GROUPS, METHODS, PRESETS, ConfigError, TrainConfig, field_types, flag, read_settings
 from .experiments.grid import WorkerDied, run_grid
 
 # The data flags that say which labelled subset a run takes; the rest of the data group says which images load.
@@ -91,10 +91,36 @@ def config_from_args(args: argparse.Namespace, **overrides: object) -> TrainConf
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad flag ends in one line (`mixmatch: error: ...`, status 2) instead of the usage block,
-    like every other bad input; `--help` still shows the usage."""
+    like every other bad input; `--help` still shows the usage. `commands` holds the sub-commands' parsers."""
+
+    commands: dict[str, argparse.ArgumentParser]
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"mixmatch: error: {message} (see `{self.prog} --help`)\n")
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """--config and --print-config, for the commands whose flags are TrainConfig's."""
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="start from the settings in FILE (a run's config.json, or YAML); flags override them")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
+
+
+def with_settings_file(parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace
+                       ) -> argparse.Namespace:
+    """The command's flags parsed again over the settings of `--config FILE`: a flag given on the command line
+    wins over the file. A run folder's config.json does not name its own folder as --out (a new run there would
+    replace the one it came from), nor its progress bar (this terminal's)."""
+    if args.command == "train" and args.resume is not None:
+        raise ValueError("--resume continues a run with its own config.json; drop --config")
+    path = Path(args.config)
+    command = parser.commands[args.command]
+    flags = {action.dest for action in command._actions}
+    settings = {k: v for k, v in read_settings(path).items() if k in flags and k != "progress"}
+    if settings.get("out") is not None and Path(settings["out"]).resolve() == path.parent.resolve():
+        del settings["out"]
+    command.set_defaults(**settings)
+    return parser.parse_args(argv)
 
 
 def int_or_auto(text: str) -> int | None:
@@ -136,12 +162,13 @@ def add_grid_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="mixmatch", description="MixMatch semi-supervised image classification")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train one model and write a run folder")
     add_config_flags(train)
+    add_settings_flags(train)
     train.add_argument(
         "--resume",
         metavar="RUN_DIR",
@@ -153,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="MixMatch and both baselines on the same split: table + plot")
     add_config_flags(compare, skip=("method", "seed", "out"))
+    add_settings_flags(compare)
     compare.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                          help="methods to train on the same labelled split (default: all three)")
     compare.add_argument("--seeds", nargs="+", type=int, default=[0],
@@ -165,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ablate = commands.add_parser("ablate", help="MixMatch ablations of the paper's table 4 on one setting")
     add_config_flags(ablate, skip=("method", "seed", "out", "tag"))
+    add_settings_flags(ablate)
     ablate.add_argument("--ablations", nargs="+", default=list(ABLATIONS), help=f"of: {', '.join(ABLATIONS)}")
     ablate.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="seeds: each picks the labelled split and the run's randomness (default: 0)")
@@ -205,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(info, names=("seed",))
     info.add_argument("--save-split", default=None, help="write the labelled subset here, for --labeled-split")
     info.set_defaults(func=run_data_info)
+    parser.commands = dict(commands.choices)
     return parser
 
 
@@ -259,7 +289,11 @@ def run_train(args: argparse.Namespace) -> None:
     from .training.distributed import ProcessGroup
     from .training.trainer import train
 
-    summary = train(train_config(args), resume=args.resume is not None)
+    config = train_config(args)
+    if args.print_config:
+        print(json.dumps(config.resolved().to_dict(), indent=2))
+        return
+    summary = train(config, resume=args.resume is not None)
     if ProcessGroup.from_env().is_main:
         print(json.dumps(summary, indent=2))
 
@@ -273,6 +307,9 @@ def run_compare(args: argparse.Namespace) -> None:
         for seed in args.seeds
         for method in args.methods
     ]
+    if args.print_config:
+        print(json.dumps([cfg.resolved().to_dict() for cfg in configs], indent=2))
+        return
     print(run_grid(configs, out, key="method", jobs=args.jobs, resume=args.resume))
     print(f"\nruns, results.md and curves.png in {out}")
 
@@ -282,9 +319,11 @@ def run_ablate(args: argparse.Namespace) -> None:
 
     base = config_from_args(args, out=None).resolved()
     out = Path(args.out or f"runs/ablate-{base.dataset}-{base.num_labels}")
-    table = paper_column(
-        run_grid(ablation_configs(base, args.ablations, args.seeds, out), out, "tag", args.jobs, args.resume)
-    )
+    configs = ablation_configs(base, args.ablations, args.seeds, out)
+    if args.print_config:
+        print(json.dumps([cfg.resolved().to_dict() for cfg in configs], indent=2))
+        return
+    table = paper_column(run_grid(configs, out, "tag", args.jobs, args.resume))
     runfolder.write_text(out / "results.md", table + "\n")
     print(table + f"\n\nruns, results.md and curves.png in {out}")
 
@@ -306,7 +345,7 @@ def run_predict(args: argparse.Namespace) -> None:
     from .export import predict
 
     if args.csv is not None:
-        runfolder.writable(Path(args.csv).parent, "folder of --csv")
+        runfolder.writable_file(args.csv, "--csv file")
     rows = predict(args.model, args.images)
     if args.csv is None:
         for row in rows:
@@ -354,7 +393,7 @@ def run_demo(args: argparse.Namespace) -> None:
 
 
 def run_data_list(args: argparse.Namespace) -> None:
-    from .training.budget import DEVICE_DEFAULTS
+    from .config import DEVICE_DEFAULTS
 
     cpu, gpu = DEVICE_DEFAULTS["cpu"], DEVICE_DEFAULTS["cuda"]
     for name, preset in PRESETS.items():
@@ -380,7 +419,7 @@ def run_data_info(args: argparse.Namespace) -> None:
 
     cfg = config_from_args(args).resolved()
     if args.save_split:
-        runfolder.writable(Path(args.save_split).parent, "folder of --save-split")
+        runfolder.writable_file(args.save_split, "--save-split file")
     data = load_for_config(cfg)
     split = choose_split(data, cfg.num_labels, cfg.seed, cfg.labeled_split)
     if cfg.labeled_split:
@@ -409,10 +448,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .training.distributed import ProcessGroup
     from .training.trainer import TrainingDiverged, TrainingInterrupted
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     # Under torchrun every process meets the same stop or error: rank 0 alone says it.
     say = ProcessGroup.from_env().is_main
     try:
+        if getattr(args, "config", None) is not None:
+            args = with_settings_file(parser, argv, args)
         args.func(args)
     except TrainingInterrupted as stop:
         if say:

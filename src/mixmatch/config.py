@@ -8,10 +8,12 @@ shows it in; the CLI derives its flags, types and choices from the fields.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 Method = Literal["mixmatch", "supervised", "fully-supervised"]
@@ -169,18 +171,36 @@ class TrainConfig:
     )
 
     def resolved(self) -> TrainConfig:
-        """A copy whose None fields are filled from the data set's preset."""
+        """A copy with every field a run needs filled, the one place that fills them: from the data set's preset
+        (PRESETS), then what the preset leaves to the device (DEVICE_DEFAULTS), then the ramp-up and evaluation
+        interval that follow from the steps (`with_steps`). Only the steps of a time budget (`minutes`, or a
+        preset without steps) stay None: mixmatch.training.budget picks them from the measured speed."""
         preset = PRESETS.get(self.dataset, PRESETS["default"])
-        if self.minutes is not None:  # a time budget decides the steps (mixmatch.budget), not the preset
+        if self.minutes is not None:  # a time budget decides the steps, not the preset
             budgeted = ("steps", "rampup_steps", "eval_every", "max_minutes")
             preset = {k: v for k, v in preset.items() if k not in budgeted}
         if self.steps is not None:  # a step count the user chose is run whole: the preset's cap is for its own
             preset = {k: v for k, v in preset.items() if k != "max_minutes"}
         values = {k: (preset.get(k) if v is None and k in preset else v) for k, v in dataclasses.asdict(self).items()}
+        device = DEVICE_DEFAULTS[device_type(values["device"])]
+        values.update({k: device[k] for k in DEVICE_FIELDS if values[k] is None})
+        if values["out"] is None:
+            labels = values["num_labels"] or "all"
+            values["out"] = f"runs/{values['dataset']}-{values['method']}-{labels}-{values['seed']}"
         cfg = TrainConfig(**values)
-        if cfg.out is None:
-            cfg.out = f"runs/{cfg.dataset}-{cfg.method}-{cfg.num_labels or 'all'}-{cfg.seed}"
-        return cfg
+        return cfg if cfg.steps is None or cfg.minutes is not None else cfg.with_steps(cfg.steps)
+
+    def with_steps(self, steps: int, eval_every: int | None = None) -> TrainConfig:
+        """A copy that trains `steps` steps (a time budget's minutes are spent): lambda_u ramps up over
+        RAMPUP_SHARE of them and the test split is evaluated EVALUATIONS times, where the config does not say
+        otherwise (its own ramp-up, its own or the given `eval_every`)."""
+        return dataclasses.replace(
+            self,
+            steps=steps,
+            minutes=None,
+            rampup_steps=self.rampup_steps if self.rampup_steps is not None else int(RAMPUP_SHARE * steps),
+            eval_every=eval_every or self.eval_every or max(1, steps // EVALUATIONS),
+        )
 
     def validate(self) -> TrainConfig:
         """Check every field's type and range before anything loads; returns self.
@@ -239,6 +259,37 @@ class ConfigError(ValueError):
 
     def __reduce__(self) -> tuple:  # whole across processes (a grid's worker raises it in the parent)
         return type(self), (self.field, str(self))
+
+
+def read_settings(path: str | Path) -> dict[str, Any]:
+    """The TrainConfig fields a settings file holds: a run folder's config.json, or any JSON or YAML (.yaml,
+    .yml) mapping of field names to values (flags' names with underscores: lambda_u, not --lambda-u).
+
+    A run folder's config.json written before the EMA warm-up existed reads as the plain EMA it ran with. Raises
+    ValueError, one line, for a missing or unparsable file, one that is not a mapping, and unknown fields.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"the settings file {path} does not exist")
+    kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
+    try:
+        text = path.read_text()
+        if kind == "YAML":
+            import yaml
+
+            values = yaml.safe_load(text)
+        else:
+            values = json.loads(text)
+    except Exception as error:  # OSError, UnicodeDecodeError, and json's and yaml's own errors
+        raise ValueError(f"{path} is not readable {kind} ({' '.join(str(error).split())[:160]})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} holds {type(values).__name__}, not a mapping of settings (lambda_u: 75, ...)")
+    if path.name == "config.json":
+        values.setdefault("ema_warmup", False)
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise ValueError(f"{path} has settings this mixmatch does not know: {', '.join(unknown)}")
+    return values
 
 
 def flag(name: str) -> str:
@@ -344,6 +395,27 @@ PRESETS["folder"] = dict(
     lambda_u=None,
     distribution_alignment=None,
 )
+
+
+# What the folder preset leaves to the device: on CPUs the CPU-scale settings tuned on Fashion-MNIST (WRN-10-1,
+# cosine learning rate, lambda_u and distribution alignment of CPU_SCALE; WRN-28-2's step is seconds there), on
+# GPUs the paper's.
+DEVICE_FIELDS = ("arch", "schedule", "lambda_u", "distribution_alignment")
+DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cpu": {name: CPU_SCALE[name] for name in DEVICE_FIELDS},
+    "cuda": {name: PAPER[name] for name in DEVICE_FIELDS},
+}
+RAMPUP_SHARE = 0.4  # of the steps, where a run's length is its own: the digits preset ramps over 2000 of 5000
+EVALUATIONS = 20  # per run, where a run's length is its own: the paper's statistic is the median of the last 20
+
+
+def device_type(device: str) -> str:
+    """'cuda' or 'cpu': the kind of device a --device value (auto, cpu, cuda, cuda:N) names on this machine."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if device.startswith("cuda") else "cpu"
 
 
 def augmentation_of(dataset: str) -> tuple[int, bool]:

@@ -36,7 +36,7 @@ def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
     from safetensors.torch import save_file
 
     out = Path(out) if out is not None else Path(run_dir) / runfolder.MODEL
-    runfolder.writable(out.parent, "folder of the exported model")
+    runfolder.writable_file(out, "exported model", hint="export --out FILE writes it elsewhere")
     _, state = checkpoint.load_newest(run_dir)
     if state["ema"] is not None:
         prefix = "module."
@@ -225,7 +225,7 @@ def evaluate(
         val_fraction=val_fraction,
     ).validate()
     png = Path(out) if out is not None else folder / f"confusion-{dataset}.png"
-    runfolder.writable(png.parent, "folder of the confusion matrix")
+    runfolder.writable_file(png, "confusion matrix", hint="--out FILE writes it elsewhere")
     data = load_for_config(cfg)
     shape = (meta["in_channels"], meta["image_size"], meta["image_size"])
     if tuple(data.shape) != shape or data.num_classes != meta["num_classes"]:

@@ -101,12 +101,12 @@ def _write_failed(error: BaseException) -> bool:
     return isinstance(error, OSError) or bool(_WRITE_FAILED.search(str(error)))
 
 
-def writable(folder: str | Path, what: str = "output folder") -> Path:
+def writable(folder: str | Path, what: str = "output folder", hint: str = "") -> Path:
     """Check, before any work, that `folder` can be created (if it does not exist) and written in; returns it.
 
     Nothing is left behind: an existing folder gets a probe file, deleted at once; a missing one is not
     created (a probe folder is made and removed in the nearest folder that exists). Raises WriteError naming
-    the folder and the cause.
+    the folder and the cause, and `hint` (what to do instead) after them.
     """
     folder = Path(folder)
     target = folder
@@ -123,8 +123,20 @@ def writable(folder: str | Path, what: str = "output folder") -> Path:
         else:
             os.rmdir(tempfile.mkdtemp(dir=target, prefix=".mixmatch-probe-"))
     except OSError as error:
-        raise WriteError(f"cannot write the {what} {folder}: {cause(error, target)}; nothing was written") from None
+        raise WriteError(
+            f"cannot write the {what} {folder}: {cause(error, target)}; nothing was written{hint and f' ({hint})'}"
+        ) from None
     return folder
+
+
+def writable_file(path: str | Path, what: str, hint: str = "") -> Path:
+    """Check, before any work, that the file `path` can be written (`writable` of its folder, and no folder in its
+    place); returns it. Raises WriteError naming the file, or its folder, and the cause."""
+    path = Path(path)
+    if path.is_dir():
+        raise WriteError(f"cannot write the {what} {path}: {_CAUSES[errno.EISDIR]}; nothing was written")
+    writable(path.parent, f"folder of the {what}", hint)
+    return path
 
 
 @contextlib.contextmanager
@@ -155,6 +167,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
+        # As a file opened for writing would be (some writers, safetensors among them, make theirs owner-only).
+        tmp.chmod(0o666 & ~_umask())
         with tmp.open("rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -167,6 +181,17 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         # On a read-only or full file system the clean-up can fail too; that must not hide the first error.
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """This process's umask (read without changing it where /proc tells it)."""
+    try:
+        line = next(li for li in Path("/proc/self/status").read_text().splitlines() if li.startswith("Umask:"))
+        return int(line.split()[1], 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def remove_temporaries(folder: Path, name_glob: str) -> None:

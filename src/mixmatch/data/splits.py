@@ -254,10 +254,10 @@ def _named_files(record: dict[str, Any], data: ImageDataset, what: str) -> Tenso
     files = record["files"]
     absent = [name for name in files if name not in position]
     if absent:
-        raise DataError(
-            f"{what} names {len(absent)} images that are not labelled training images here (moved, deleted or "
-            f"unreadable), e.g. {', '.join(absent[:3])}"
+        these = "1 image that is not a labelled training image" if len(absent) == 1 else (
+            f"{len(absent)} images that are not labelled training images"
         )
+        raise DataError(f"{what} names {these} here (moved, deleted or unreadable), e.g. {', '.join(absent[:3])}")
     rows = [position[name] for name in files]
     problems = []
     for name, label in zip(files, record.get("labels", []), strict=False):
@@ -271,7 +271,8 @@ def _named_files(record: dict[str, Any], data: ImageDataset, what: str) -> Tenso
             problems.append(f"{name} (its pixels changed)")
     if problems:
         raise DataError(
-            f"{what} names {len(problems)} labelled images that changed since: {', '.join(problems[:3])}"
+            f"{what} names {len(problems)} labelled image{'' if len(problems) == 1 else 's'} that changed since: "
+            f"{', '.join(problems[:3])}"
             f"{', ...' if len(problems) > 3 else ''}; put them back as they were, or train afresh"
         )
     return torch.as_tensor(sorted(rows), dtype=torch.int64)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import runfolder
-from ..config import TrainConfig, flag
+from ..config import DEVICE_FIELDS, TrainConfig, flag
 
 if TYPE_CHECKING:
     from ..data.dataset import ImageDataset
@@ -78,7 +78,7 @@ def run_grid(
     training saved a checkpoint), WorkerDied where a worker process ended without a result.
     """
     from ..data.splits import load_for_config
-    from ..training.budget import DEVICE_FIELDS, needs_budget
+    from ..training.budget import needs_budget
     from ..training.runtime import pick_device
     from ..training.trainer import TrainingInterrupted
     from .report import report
@@ -161,7 +161,7 @@ def _saved_runs(configs: list[TrainConfig], resume: bool) -> dict[str | None, tu
 
     Raises ValueError naming the folder and the first setting that differs, or the stopped run.
     """
-    from ..training.budget import DEVICE_FIELDS, needs_budget
+    from ..training.budget import needs_budget
     from ..training.checkpoint import RESUME_OVERRIDES, run_config
 
     saved: dict[str | None, tuple[TrainConfig, bool]] = {}
@@ -184,8 +184,8 @@ def _saved_runs(configs: list[TrainConfig], resume: bool) -> dict[str | None, tu
         skip = {*RESUME_OVERRIDES, "out", "minutes", *fitted}
         for f in dataclasses.fields(TrainConfig):
             mine, theirs = getattr(cfg, f.name), getattr(run, f.name)
-            # auto (None for the device's own fields) accepts what it resolved to when the run started.
-            if f.name in skip or (f.name in DEVICE_FIELDS and mine is None) or mine in (theirs, "auto"):
+            # auto accepts what it resolved to when the run started.
+            if f.name in skip or mine in (theirs, "auto"):
                 continue
             raise ValueError(f"--resume: {folder} was started with {flag(f.name)} {theirs}, not "
                              f"{mine}; give the grid's own flags, or another --out to start afresh")
@@ -196,25 +196,21 @@ def _saved_runs(configs: list[TrainConfig], resume: bool) -> dict[str | None, tu
 def _fitted(
     configs: list[TrainConfig], slowest: TrainConfig, threads: int | None, data: ImageDataset | None
 ) -> tuple[TrainConfig | None, str | None]:
-    """The grid's budget (budget.plan) or cap (budget.cap), timed on `slowest` (and `data`, or its data set
-    loaded here) with `threads` CPU threads (None: auto, as a run would take); (None, None) where neither
-    applies."""
+    """The grid's budget or cap (trainer.fit_to_machine), timed on `slowest` (and `data`, or its data set loaded
+    here) with `threads` CPU threads (None: auto, as a run would take); (None, None) where neither applies."""
     import torch
 
     from ..data.splits import load_for_config
-    from ..training.budget import cap, needs_budget, plan
+    from ..training.budget import needs_budget
     from ..training.runtime import pick_threads
+    from ..training.trainer import fit_to_machine
 
-    if any(needs_budget(cfg) for cfg in configs):
-        fit = plan
-    elif any(cfg.max_minutes is not None for cfg in configs):
-        fit = cap
-    else:
+    if not any(needs_budget(cfg) or cfg.max_minutes is not None for cfg in configs):
         return None, None
     own = torch.get_num_threads()
     torch.set_num_threads(pick_threads(threads))
     try:
-        return fit(slowest, data if data is not None else load_for_config(slowest))
+        return fit_to_machine(slowest, data if data is not None else load_for_config(slowest))
     finally:
         torch.set_num_threads(own)
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
-from fastai.data.transforms import compose_tfms
+from fastai.data.transforms import IntToFloatTensor, compose_tfms
 from fastai.torch_core import TensorImage
 from torch import Tensor, nn
 
@@ -106,6 +106,11 @@ class MixMatchCallback(Callback):
     ):
         if labeled_marginal is not None and not distribution_alignment:
             raise ValueError("labeled_marginal is the target of distribution_alignment=True, which is off")
+        if isinstance(unlabeled_dl, Tensor) and unlabeled_dl.ndim != 4:
+            raise ValueError(
+                f"MixMatchCallback: the unlabelled images (unlabeled_dl, mixmatch_learner's unlabeled) must be a "
+                f"batch (N, C, H, W), got a tensor of shape {tuple(unlabeled_dl.shape)}"
+            )
         self.mixmatch = MixMatchStep(
             K=K, T=T, alpha=alpha, lambda_u=lambda_u, rampup_steps=rampup_steps, mix=mix, bn_mode=bn_mode
         )
@@ -165,6 +170,7 @@ class MixMatchCallback(Callback):
 
     def before_fit(self) -> None:
         self._restore()  # in case an exception other than fastai's Cancel* left ours installed
+        self._check_pool_scale()
         if self.distribution_alignment and not self.mixmatch.distribution_alignment:
             # After TrainEvalCallback (order -10) has moved the model to the loaders' device.
             device = next(self.learn.model.parameters()).device
@@ -175,6 +181,19 @@ class MixMatchCallback(Callback):
         self._saved = None
         if hasattr(self.learn, "lr_finder"):
             self._saved = (self.steps_done, None if marginal is None else marginal.clone())
+
+    def _check_pool_scale(self) -> None:
+        """A float pool put through the training loader's own transforms would be scaled twice (IntToFloatTensor
+        divides by 255 whatever the type): the views would be near-constant, without a word."""
+        pipeline = getattr(getattr(self.dls, "train", None), "after_batch", None)
+        divides = pipeline is not None and any(isinstance(t, IntToFloatTensor) for t in pipeline.fs)
+        pool = self.unlabeled_dl
+        if self.augment is None and divides and isinstance(pool, Tensor) and pool.is_floating_point():
+            raise ValueError(
+                f"MixMatchCallback: the unlabelled images (unlabeled_dl, mixmatch_learner's unlabeled) are "
+                f"{pool.dtype}, and the training loader's IntToFloatTensor divides them by 255 as if "
+                "raw: give raw uint8 images, as the labelled items are (e.g. data.train_images), or an augment"
+            )
 
     def before_train(self) -> None:
         if self._old_lf is None:
@@ -200,8 +219,8 @@ class MixMatchCallback(Callback):
             augmented = "" if u_views is None else f", {_shape(u_views[0])} augmented"
             raise ValueError(
                 f"MixMatchCallback: the unlabelled images ({_shape(u)} as given{augmented}) do not match the labelled "
-                f"batch ({_shape(x)}): give unlabeled_dl images of the labelled images' channels and size (the same "
-                "item transforms, e.g. Resize)"
+                f"batch ({_shape(x)}): give unlabeled_dl (mixmatch_learner's unlabeled) images of the labelled images' "
+                "channels and size (the same item transforms, e.g. Resize)"
             )
         q = self.mixmatch.guess(self.model, u_views)
         p = F.one_hot(y.long(), q.shape[-1]).to(q.dtype)

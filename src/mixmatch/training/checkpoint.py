@@ -9,7 +9,6 @@ that filled, a copy that broke) resumes and exports from the newest one that loa
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import pickle
 import signal
@@ -25,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .. import runfolder
-from ..config import TrainConfig
+from ..config import TrainConfig, read_settings
 
 FORMAT = "mixmatch-checkpoint/1"
 
@@ -105,6 +104,8 @@ def load_newest(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
     Newer ones that do not load are skipped with one warning line that names each and why; CheckpointError
     if the folder has none, or none loads (the message gives the newest one's problem).
     """
+    if not Path(run_dir).is_dir():
+        raise CheckpointError(f"{run_dir} is not a folder (a run folder holds its checkpoints)")
     found = runfolder.checkpoints(run_dir)
     if not found:
         raise CheckpointError(f"{run_dir} has no checkpoint (nothing in {Path(run_dir) / runfolder.CHECKPOINTS})")
@@ -149,49 +150,43 @@ def run_config(run_dir: str | Path) -> TrainConfig:
     path = Path(run_dir) / runfolder.CONFIG
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a run folder (no {runfolder.CONFIG})")
-    try:
-        values = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path} is not valid JSON ({error})") from None
-    # A run started before the EMA warm-up existed continues with the plain EMA it began with.
-    values.setdefault("ema_warmup", False)
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise CheckpointError(f"{path} has settings this mixmatch does not know: {', '.join(unknown)}")
-    return TrainConfig(**values)
+    return TrainConfig(**read_settings(path))
 
 
 def resume_config(run_dir: str | Path, overrides: dict[str, Any]) -> TrainConfig:
     """The config a stopped run continues with: its config.json, which records what each `auto` resolved to when it
     started (device, precision, memory format, compiling, CPU threads), with `overrides` (RESUME_OVERRIDES).
 
-    One warning line where an override changes the device or the thread count the run computed with, or where the
-    run's config.json does not record its thread count (a run from before it did); CheckpointError where the run
-    computed on a device this machine does not have.
+    One warning line where an override changes the device or the thread count the run computed with, while steps
+    remain, or where the run's config.json does not record its thread count (a run from before it did);
+    CheckpointError where the run, or --device, names a CUDA device this machine does not have.
     """
     import torch
 
     saved = run_config(run_dir)
+    resumed = dataclasses.replace(saved, out=str(run_dir), **overrides).validate()
+    if resumed.device.startswith("cuda") and not torch.cuda.is_available():
+        if "device" in overrides:
+            raise CheckpointError(f"--device {resumed.device}: this machine has no CUDA device")
+        raise CheckpointError(
+            f"{run_dir} trained on {saved.device}, and this machine has no CUDA device: continue it on the CPU with "
+            "--device cpu (not bit-identical to an uninterrupted run)"
+        )
+    if (Path(run_dir) / runfolder.SUMMARY).is_file():  # finished: nothing left to compute differently
+        return resumed
     for name in ("device", "threads"):
-        theirs, mine = getattr(saved, name), overrides.get(name, getattr(saved, name))
+        theirs, mine = getattr(saved, name), getattr(resumed, name)
         if theirs is not None and mine != theirs:
             log.warning(
                 f"mixmatch: warning: {run_dir} computed with --{name} {theirs}; continuing with --{name} {mine}, the "
                 "rest of the run sums in another order, so it will not end with the weights of an uninterrupted run"
             )
-    if saved.threads is None and overrides.get("threads") is None:
+    if saved.threads is None and resumed.threads is None:
         log.warning(
             f"mixmatch: warning: {Path(run_dir) / runfolder.CONFIG} does not record the thread count the run started "
             "with (it predates that): it continues on auto threads, which is exact only if they are as many"
         )
-    device = overrides.get("device", saved.device)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CheckpointError(
-            f"{run_dir} trained on {device}, and this machine has no CUDA device: continue it on the CPU with "
-            "--device cpu (not bit-identical to an uninterrupted run)"
-        )
-    return dataclasses.replace(saved, out=str(run_dir), **overrides).validate()
+    return resumed
 
 
 # ---- state ------------------------------------------------------------------------------------

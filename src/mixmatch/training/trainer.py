@@ -8,6 +8,7 @@ fully-supervised  the same on every training label
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import signal
@@ -30,10 +31,7 @@ from ..data.splits import choose_split, data_digest, load_for_config, read_split
 from ..ema import EMA
 from ..methods.mixmatch import MixMatchStep, class_marginal
 from ..models import build_model
-from . import checkpoint
-from .budget import cap as cap_steps
-from .budget import complete, needs_budget
-from .budget import plan as plan_budget
+from . import budget, checkpoint
 from .distributed import ProcessGroup
 from .distributed import stop as stop_process_group
 from .metrics import MetricsLog, median_of_last, require_tensorboard
@@ -45,6 +43,7 @@ from .runtime import (
     rng_state,
     seed_everything,
     set_rng_state,
+    usable_cpus,
     use_bf16,
     use_channels_last,
     use_compile,
@@ -99,9 +98,9 @@ class Trainer:
         augment: Callable[[Augmenter], Any] | None = None,
         optimizer: Callable[[list[nn.Parameter], TrainConfig], torch.optim.Optimizer] | None = None,
     ):
-        self.config = cfg = complete(config.resolved())
+        self.config = cfg = config.resolved()
         cfg.validate()
-        if needs_budget(cfg):
+        if budget.needs_budget(cfg):
             raise ConfigError("steps", "steps must be set (mixmatch.train.train fits them to a time budget)")
         if cfg.tensorboard:
             require_tensorboard()
@@ -511,7 +510,12 @@ class Trainer:
             bar.close()
             metrics.close()
         if math.isnan(accuracy):  # resumed a run that had already finished
-            if main:
+            finished = out / runfolder.SUMMARY
+            if finished.is_file():
+                if main:
+                    log.warning(f"mixmatch: {out} had already finished its {cfg.steps} steps; its summary stands")
+                return json.loads(finished.read_text())
+            if main:  # stopped between its last checkpoint and its summary
                 log.warning(f"mixmatch: {out} had already finished its {cfg.steps} steps; evaluated it again")
             accuracy = self.evaluate()
         summary = dict(
@@ -563,6 +567,39 @@ class Trainer:
         return self.dist.max_int(signals.received, self.device) if logged else 0
 
 
+# Test images an evaluation is timed on.
+EVAL_PROBE = 2048
+
+
+def time_run(cfg: TrainConfig, data: ImageDataset, steps: int = 8) -> tuple[float, float]:
+    """Seconds of one training step of `cfg` on `data` (the median of `steps` after two warm-up steps) and of
+    one evaluation of its test split (timed on up to EVAL_PROBE images, scaled to all of them)."""
+    probe = dataclasses.replace(cfg, steps=1_000_000, minutes=None, compile="off", progress=False, ema_decay=0.0)
+    trainer = Trainer(probe, data)
+    for _ in range(2):
+        trainer.train_step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        trainer.train_step()
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize(trainer.device)
+        times.append(time.perf_counter() - start)
+    images, labels = trainer.data.test_images[:EVAL_PROBE], trainer.data.test_labels[:EVAL_PROBE]
+    start = time.perf_counter()
+    trainer.evaluate(images, labels)  # reads the count back: synchronised
+    evaluation = (time.perf_counter() - start) * len(trainer.data.test_images) / max(1, len(images))
+    return sorted(times)[len(times) // 2], evaluation
+
+
+def fit_to_machine(cfg: TrainConfig, data: ImageDataset) -> tuple[TrainConfig, str | None]:
+    """A resolved config whose length is a time budget (budget.plan) or a capped step count (budget.cap), with
+    the steps that fit, from its step and evaluation timed here on `data`; and what was picked and why, in one
+    paragraph (None where the steps fit the cap as they are)."""
+    seconds = time_run(cfg, data)
+    return budget.plan(cfg, *seconds) if budget.needs_budget(cfg) else budget.cap(cfg, *seconds)
+
+
 def train(
     config: TrainConfig, dataset: ImageDataset | None = None, resume: bool = False, fitted: bool = False
 ) -> dict[str, Any]:
@@ -578,6 +615,11 @@ def train(
     trainer = None
     finished = False
     main = ProcessGroup.from_env().is_main
+    cpus = len(usable_cpus())
+    if main and config.threads is not None and config.threads > cpus:
+        print(f"mixmatch: warning: --threads {config.threads} on this machine's {cpus} CPU{'' if cpus == 1 else 's'}: "
+              "the threads will wait for each other (slower; the results are those of that many threads)",
+              file=sys.stderr)
     try:
         resolved = config.resolved()
         if main:  # before the data loads and the budget is timed: a folder that cannot be written is one line now
@@ -585,11 +627,11 @@ def train(
         # A run without steps fits a time budget; a capped one (not under torchrun, where each process would
         # time its own step and could pick other steps; plan refuses torchrun) fits its cap. Either way this is
         # the only process, and it prints what it picked.
-        budgeted = needs_budget(resolved)
+        budgeted = budget.needs_budget(resolved)
         capped = resolved.max_minutes is not None and not ProcessGroup.from_env().enabled
         if not (resume or fitted) and (budgeted or capped):
             dataset = dataset if dataset is not None else load_for_config(resolved.validate())
-            config, why = (plan_budget if budgeted else cap_steps)(resolved, dataset)
+            config, why = fit_to_machine(resolved, dataset)
             if why is not None:
                 print(f"mixmatch: {why}", file=sys.stderr)
         trainer = Trainer(config, dataset)
