@@ -107,7 +107,7 @@ def loss_on_one_batch(trainer: Trainer, seed: int = 1) -> float:
     trainer.step = trainer.config.rampup_steps
     trainer.model.train()
     torch.manual_seed(seed)
-    return trainer.mixmatch_loss()[0].item()
+    return trainer.step_loss().total.item()
 
 
 def sync(device: torch.device) -> None:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from cpu import cpu_name, make_trainer, matmul_gflops, step_gflop, threads  # bench/cpu.py
 
 from mixmatch import algorithm
+from mixmatch.methods import Losses
 from mixmatch.training.runtime import cpu_has_bf16
 from mixmatch.training.trainer import Trainer
 
@@ -37,7 +38,7 @@ def compile_whole_loss(trainer: Trainer) -> None:
     The random draws (batches, augmentation, the permutation, the MixUp weights) stay outside the graph, as
     in the library's step; the rest of `train_step` (backward, Adam, weight decay, the EMA) is the library's.
     """
-    model, mm, classes = trainer.model, trainer.mixmatch, trainer.data.num_classes
+    model, mm, classes = trainer.model, trainer.method, trainer.data.num_classes
 
     def loss_of(x: torch.Tensor, p: torch.Tensor, u_views: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor,
                 lambda_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -53,17 +54,16 @@ def compile_whole_loss(trainer: Trainer) -> None:
 
     compiled = torch.compile(loss_of, dynamic=False, fullgraph=True)
 
-    def mixmatch_loss() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        xb, yb = trainer._batch(trainer.labeled_x, trainer.labeled_y)
-        ub, _ = trainer._batch(trainer.unlabeled_x)
-        x, u_views = trainer.augment.batch_and_views(xb, ub, trainer.config.k)
+    def step_loss() -> Losses:
+        batch = trainer.draw_batch()
+        x, u_views = trainer.augment.batch_and_views(batch.x, batch.u, trainer.config.k)
         n = x.shape[0] + u_views.shape[0] * u_views.shape[1]
         perm = torch.randperm(n)
         lam = algorithm.sample_mix_weights(n, mm.alpha, x)
-        p = F.one_hot(yb, classes).float()
-        return compiled(x, p, u_views, perm, lam, torch.tensor(trainer.lambda_u()))
+        p = F.one_hot(batch.y, classes).float()
+        return Losses(*compiled(x, p, u_views, perm, lam, torch.tensor(mm.lambda_u_at(trainer.step))))
 
-    trainer.mixmatch_loss = mixmatch_loss
+    trainer.step_loss = step_loss
 
 
 def median_seconds(step: Callable[[], object], n: int) -> float:

@@ -24,7 +24,9 @@ from mixmatch.training.trainer import Trainer
 
 def guess_record(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> dict:
     trainer.model.train()
-    q = trainer.guess(trainer.augment.views(images, trainer.config.k), update_alignment=False)
+    with trainer.autocast():
+        q = trainer.method.guess(trainer.model, trainer.augment.views(images, trainer.config.k), trainer.forward,
+                                 update_alignment=False)
     confidence, guess = q.max(-1)
     return dict(step=trainer.step, guess_accuracy=(guess == labels).float().mean().item(),
                 mean_confidence=confidence.mean().item(),

@@ -141,7 +141,7 @@ def test_mixmatch_batch_assembly(k, b, alpha, seed):
     u = torch.full((k, b, 1, 2, 2), -10.0)
     p = F.one_hot(torch.randint(classes, (b,)), classes).float()
     q = random_probs(b, classes, seed)
-    x_mix, p_mix, u_mix, q_mix = algorithm.mixmatch(x, p, u, q, alpha)
+    x_mix, p_mix, u_mix, q_mix = algorithm.mix_batches(x, p, u, q, alpha)
     assert x_mix.shape == (b, 1, 2, 2) and p_mix.shape == (b, classes)
     assert u_mix.shape == (k * b, 1, 2, 2) and q_mix.shape == (k * b, classes)
     torch.testing.assert_close(p_mix.sum(-1), torch.ones(b))
@@ -160,7 +160,7 @@ def test_mixmatch_partners_come_from_both_sets():
     u = torch.full((k, b, 1, 1, 1), -1.0)
     p = torch.eye(2)[torch.zeros(b, dtype=torch.long)]
     q = torch.eye(2)[torch.ones(b, dtype=torch.long)]
-    x_mix, _, u_mix, _ = algorithm.mixmatch(x, p, u, q, 0.75)
+    x_mix, _, u_mix, _ = algorithm.mix_batches(x, p, u, q, 0.75)
     assert (x_mix < 1).any() and (x_mix == 1).any()  # some X' partners are unlabelled, some labelled
     assert (u_mix > -1).any() and (u_mix == -1).any()
 

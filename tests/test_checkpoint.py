@@ -242,7 +242,7 @@ def test_sigint_stops_at_the_step_with_a_checkpoint(tmp_path, digits):
 
 def test_nan_stops_naming_the_step_and_the_last_checkpoint(tmp_path, digits, monkeypatch):
     trainer = Trainer(config(tmp_path, checkpoint_every=5, log_every=10), digits)
-    monkeypatch.setattr(trainer, "lambda_u", lambda: float("nan") if trainer.step >= 10 else 1.0)
+    monkeypatch.setattr(trainer.method, "lambda_u_at", lambda step: float("nan") if step >= 10 else 1.0)
     # The loss turns NaN in step 11; the checkpoint of step 15 comes before the log record of step 20.
     with pytest.raises(TrainingDiverged, match=r"at step 15.*the last checkpoint is .*step-00000010\.pt"):
         trainer.fit()

@@ -7,7 +7,7 @@ import typing
 import pytest
 
 from mixmatch.config import (
-    METHODS,
+    METHOD_NAMES,
     PAPER_RAMPUP_STEPS,
     PAPER_STEPS,
     PRESETS,
@@ -72,7 +72,7 @@ def test_choice_fields_are_literals_and_the_cli_offers_exactly_them():
     types = field_types()
     literals = {name: typing.get_args(t) for name, t in types.items() if typing.get_origin(t) is typing.Literal}
     assert set(literals) == {"method", "optimizer", "schedule", "bn_mode", "mix", "amp", "channels_last", "compile"}
-    assert literals["method"] == METHODS == ("mixmatch", "supervised", "fully-supervised")
+    assert literals["method"] == METHOD_NAMES == ("mixmatch", "supervised", "fully-supervised")
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     offered = {a.dest: tuple(a.choices) for a in train._actions if a.choices is not None}
     assert offered == literals

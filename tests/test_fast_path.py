@@ -37,7 +37,7 @@ def trainer(tmp_path, data, **overrides) -> Trainer:
 def loss_and_grad(t: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
     t.model.train()
     torch.manual_seed(1)
-    total, loss_x, loss_u = t.mixmatch_loss()
+    total, loss_x, loss_u = t.step_loss()
     t.model.zero_grad()
     total.backward()
     grad = torch.cat([p.grad.flatten() for p in t.model.parameters()])

@@ -98,7 +98,7 @@ class Capture(Callback):
 
     def before_batch(self):
         if self.train_iter == self.at:
-            marginal = self.learn.mix_match.mixmatch.guess_marginal
+            marginal = self.learn.mix_match.method.guess_marginal
             self.state = dict(
                 x=self.xb[0].as_subclass(torch.Tensor).clone(),
                 y=self.yb[0].as_subclass(torch.Tensor).clone(),
@@ -110,7 +110,7 @@ class Capture(Callback):
     def after_loss(self):
         if self.train_iter == self.at:
             self.reported = self.learn.loss.item()
-            self.marginal_after = self.learn.mix_match.mixmatch.guess_marginal
+            self.marginal_after = self.learn.mix_match.method.guess_marginal
             raise CancelFitException()
 
 
@@ -135,7 +135,7 @@ def test_reported_loss_equals_the_algorithm_on_the_same_batch_and_rng(tmp_path, 
     with algorithm.frozen_batchnorm_stats(model):
         q = algorithm.guess_labels(model, u_views, 0.5)
     p = F.one_hot(s["y"], 10).float()
-    x_mix, p_mix, u_mix, q_mix = algorithm.mixmatch(s["x"], p, u_views, q, 0.75)
+    x_mix, p_mix, u_mix, q_mix = algorithm.mix_batches(s["x"], p, u_views, q, 0.75)
     logits = model(torch.cat([x_mix, u_mix]))
     total, loss_x, loss_u = algorithm.mixmatch_loss(logits[:B], p_mix, logits[B:], q_mix, 37.5)
 
@@ -270,9 +270,10 @@ def test_an_unlabelled_dataloader_is_cycled_on_fashion_mnist(tmp_path, shared_da
 def test_trainer_and_callback_give_the_same_loss_on_the_same_batch_and_draws(tmp_path, digits, mix, bn_mode, alignment):
     """Both front ends run one MixMatchStep: the callback's loss of a batch is the Trainer's, bit for bit.
 
-    The Trainer's seam is mixmatch_loss_of(x, y, views), which its own mixmatch_loss calls after drawing
-    the batch; the callback draws the unlabelled batch and its views as the Trainer does (randint from the
-    same pool, the same Augmenter), so from the same RNG state both then guess, mix and forward alike.
+    The Trainer's seam is its method's views_loss(trainer, x, y, views), which its batch_loss calls after
+    augmenting the drawn batch; the callback draws the unlabelled batch and its views as the Trainer does
+    (randint from the same pool, the same Augmenter), so from the same RNG state both then guess, mix and
+    forward alike.
     """
     settings = dict(k=2, temperature=0.5, alpha=0.75, lambda_u=75, rampup_steps=4, mix=mix, bn_mode=bn_mode)
     # The callback's model keeps PyTorch's default memory format, so the Trainer's does too (the same kernels).
@@ -284,23 +285,23 @@ def test_trainer_and_callback_give_the_same_loss_on_the_same_batch_and_draws(tmp
     learn = mixmatch_learner(dls, trainer.unlabeled_x, arch="cnn", augment=trainer.augment, K=2, T=0.5,
                              alpha=0.75, lambda_u=75, rampup_steps=4, mix=mix, bn_mode=bn_mode,
                              distribution_alignment=alignment,
-                             labeled_marginal=trainer.labeled_marginal if alignment else None,
+                             labeled_marginal=trainer.method.labeled_marginal if alignment else None,
                              ema_decay=0, path=tmp_path)
     capture = Capture(at=2)  # lambda_u = 75 * 2/4: both parts of the loss count
     learn.fit(1, 1e-3, cbs=capture)
     s = capture.state
 
     def trainer_loss(T):
-        trainer.mixmatch.T = T
+        trainer.method.T = T
         trainer.model.load_state_dict(s["weights"])
         trainer.model.train()
         trainer.step = 2
         if alignment:
-            trainer.guess_marginal.copy_(s["marginal"])
+            trainer.method.guess_marginal.copy_(s["marginal"])
         torch.set_rng_state(s["rng"])
         pool = trainer.unlabeled_x
         u_views = trainer.augment.views(pool[torch.randint(pool.shape[0], (16,))], 2)
-        return trainer.mixmatch_loss_of(s["x"], s["y"], u_views)
+        return trainer.method.views_loss(trainer, s["x"], s["y"], u_views)
 
     total, loss_x, loss_u = trainer_loss(0.5)
     assert loss_u.item() > 0 and learn.mix_match.lambda_u_now == 37.5
@@ -308,7 +309,7 @@ def test_trainer_and_callback_give_the_same_loss_on_the_same_batch_and_draws(tmp
     assert learn.mix_match.loss_x.item() == loss_x.item() and learn.mix_match.loss_u.item() == loss_u.item()
     if alignment:
         assert not torch.equal(s["marginal"], torch.full((10,), 0.1))  # moved by the two batches before
-        assert torch.equal(trainer.guess_marginal, capture.marginal_after)
+        assert torch.equal(trainer.method.guess_marginal, capture.marginal_after)
     # The comparison sees a step that differs: another T, or no sharpening at all (T = 1).
     for T in (0.4, 1.0):
         assert abs(trainer_loss(T)[0].item() - capture.reported) > 1e-4
@@ -320,10 +321,10 @@ def test_the_callback_trains_with_distribution_alignment_and_each_mix_mode(tmp_p
     loss_func = learn.loss_func
     learn.fit(1, 1e-3)
     mm = learn.mix_match
-    assert mm.steps_done == 3 and learn.loss_func is loss_func and mm.mixmatch.mix_mode == mix
+    assert mm.steps_done == 3 and learn.loss_func is loss_func and mm.method.mix_mode == mix
     # The labelled marginal is counted over the training loader's items: 48 of the 50 labelled images.
-    torch.testing.assert_close(mm.mixmatch.labeled_marginal, class_marginal(digits.train_labels[split[:48]], 10))
-    marginal = mm.mixmatch.guess_marginal
+    torch.testing.assert_close(mm.method.labeled_marginal, class_marginal(digits.train_labels[split[:48]], 10))
+    marginal = mm.method.guess_marginal
     assert not torch.allclose(marginal, torch.full((10,), 0.1))
     torch.testing.assert_close(marginal.sum(), torch.tensor(1.0))
     train_loss, valid_loss, acc = learn.recorder.values[-1]
@@ -334,9 +335,9 @@ def test_the_callback_trains_with_distribution_alignment_and_each_mix_mode(tmp_p
 def test_lr_find_leaves_the_alignment_marginal_as_it_was(tmp_path, digits, split):
     learn = make_learner(tmp_path, digits, split, iters=3, distribution_alignment=True)
     learn.lr_find(num_it=4, show_plot=False)
-    assert torch.equal(learn.mix_match.mixmatch.guess_marginal, torch.full((10,), 0.1))
+    assert torch.equal(learn.mix_match.method.guess_marginal, torch.full((10,), 0.1))
     learn.fit(1, 1e-3)
-    assert not torch.equal(learn.mix_match.mixmatch.guess_marginal, torch.full((10,), 0.1))
+    assert not torch.equal(learn.mix_match.method.guess_marginal, torch.full((10,), 0.1))
 
 
 class RaiseAfterPred(Callback):

@@ -24,8 +24,11 @@ def test_from_config_takes_the_mixmatch_fields():
     assert (step.K, step.T, step.alpha, step.lambda_u, step.rampup_steps) == (3, 0.4, 0.5, 10, 7)
     assert (step.mix_mode, step.bn_mode, step.distribution_alignment) == ("separate", "interleave", False)
     assert step.guess_marginal is None
-    aligned = MixMatchStep.from_config(cfg, torch.tensor([0.5, 0.25, 0.25]))
+    assert not MixMatchStep.from_config(cfg, labeled_y=torch.tensor([0, 0, 1, 2]), num_classes=3).distribution_alignment
+    cfg.distribution_alignment = True
+    aligned = MixMatchStep.from_config(cfg, labeled_y=torch.tensor([0, 0, 1, 2]), num_classes=3)
     assert aligned.distribution_alignment
+    torch.testing.assert_close(aligned.labeled_marginal, torch.tensor([0.5, 0.25, 0.25]))
     torch.testing.assert_close(aligned.guess_marginal, torch.full((3,), 1 / 3))
 
 
@@ -145,7 +148,7 @@ def test_each_mix_mode_draws_partners_from_where_it_says(mode):
     if mode == "all":
         assert (x_mix == 1).any() and (u_mix == -1).any()
         torch.manual_seed(0)
-        ref = algorithm.mixmatch(x, p, u, q, 0.75)
+        ref = algorithm.mix_batches(x, p, u, q, 0.75)
         for a, b in zip((x_mix, p_mix, u_mix, q_mix), ref, strict=True):
             assert torch.equal(a, b)  # the paper's mode is algorithm.mixmatch, draw for draw
 

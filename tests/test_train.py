@@ -48,17 +48,16 @@ def test_fully_supervised_uses_every_label_and_supervised_only_the_split(tmp_pat
 def test_mixmatch_loss_matches_the_algorithm_functions(tmp_path, digits):
     trainer = Trainer(config(tmp_path, amp="off", ema_decay=0), digits)
     trainer.step = trainer.config.rampup_steps // 2
-    assert trainer.lambda_u() == 37.5
-    total, loss_x, loss_u = trainer.mixmatch_loss()
+    assert trainer.method.lambda_u_at(trainer.step) == 37.5
+    total, loss_x, loss_u = trainer.step_loss()
     assert math.isclose(total.item(), loss_x.item() + 37.5 * loss_u.item(), rel_tol=1e-5)
-    trainer.step = 10 * trainer.config.rampup_steps
-    assert trainer.lambda_u() == 75
+    assert trainer.method.lambda_u_at(10 * trainer.config.rampup_steps) == 75
 
 
 def test_augmentation_anchoring_trains_on_strong_views_against_the_weak_guess(tmp_path, digits, monkeypatch):
     trainer = Trainer(config(tmp_path, amp="off", augmentation_anchoring=True), digits)
     seen = {}
-    guess, mix, strong_views = trainer.guess, trainer.mixmatch.mix, trainer.augment.strong_views
+    guess, mix, strong_views = trainer.method.guess, trainer.method.mix, trainer.augment.strong_views
 
     def spy(name, function):
         def record(*args):
@@ -67,12 +66,12 @@ def test_augmentation_anchoring_trains_on_strong_views_against_the_weak_guess(tm
 
         return record
 
-    monkeypatch.setattr(trainer, "guess", spy("guess", guess))
-    monkeypatch.setattr(trainer.mixmatch, "mix", spy("mix", mix))
+    monkeypatch.setattr(trainer.method, "guess", spy("guess", guess))
+    monkeypatch.setattr(trainer.method, "mix", spy("mix", mix))
     monkeypatch.setattr(trainer.augment, "strong_views", spy("strong", strong_views))
-    trainer.mixmatch_loss()
+    trainer.step_loss()
     u, k = seen["strong"]
-    weak_views, strong = seen["guess"][0], seen["mix"][2]
+    weak_views, strong = seen["guess"][1], seen["mix"][2]
     assert k == 2 and strong.shape == weak_views.shape == (2, *u.shape)
     assert not torch.equal(strong, weak_views)  # mixed and trained: the strong views; guessed from: the weak
     summary = Trainer(config(tmp_path, augmentation_anchoring=True, out=str(tmp_path / "whole")), digits).fit()
@@ -104,9 +103,9 @@ def test_interleave_and_concat_give_the_same_logits_in_eval_mode(tmp_path, digit
     trainer = Trainer(config(tmp_path, amp="off"), digits)
     trainer.model.eval()
     x, u = torch.randn(64, 1, 8, 8), torch.randn(128, 1, 8, 8)
-    concat = trainer.mixmatch.forward_mixed(trainer.model, x, u, trainer.forward)
-    trainer.mixmatch.bn_mode = "interleave"
-    inter = trainer.mixmatch.forward_mixed(trainer.model, x, u, trainer.forward)
+    concat = trainer.method.forward_mixed(trainer.model, x, u, trainer.forward)
+    trainer.method.bn_mode = "interleave"
+    inter = trainer.method.forward_mixed(trainer.model, x, u, trainer.forward)
     for a, b in zip(concat, inter, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
@@ -128,7 +127,7 @@ def test_mixmatch_learns_digits(tmp_path, digits):
 
 def test_nan_loss_stops_with_the_step(tmp_path, digits, monkeypatch):
     trainer = Trainer(config(tmp_path), digits)
-    monkeypatch.setattr(trainer, "lambda_u", lambda: float("nan"))
+    monkeypatch.setattr(trainer.method, "lambda_u_at", lambda step: float("nan"))
     with pytest.raises(TrainingDiverged, match="at step 5"):
         trainer.fit()
 
@@ -137,20 +136,20 @@ def test_bad_settings_are_refused(tmp_path, digits):
     with pytest.raises(ValueError, match=r"^steps must be positive, got 0$"):
         Trainer(config(tmp_path, steps=0), digits)
     with pytest.raises(ValueError, match="unknown method"):
-        Trainer(config(tmp_path, method="pseudo-label"), digits)
+        Trainer(config(tmp_path, method="no-such-method"), digits)
 
 
 def test_distribution_alignment_tracks_the_guesses_and_resumes(tmp_path, digits):
     trainer = Trainer(config(tmp_path, distribution_alignment=True), digits)
-    assert torch.allclose(trainer.guess_marginal, torch.full((10,), 0.1))
-    torch.testing.assert_close(trainer.labeled_marginal, torch.full((10,), 0.1))  # 5 labels per class
+    assert torch.allclose(trainer.method.guess_marginal, torch.full((10,), 0.1))
+    torch.testing.assert_close(trainer.method.labeled_marginal, torch.full((10,), 0.1))  # 5 labels per class
     trainer.train_step()
-    assert not torch.allclose(trainer.guess_marginal, torch.full((10,), 0.1))
-    torch.testing.assert_close(trainer.guess_marginal.sum(), torch.tensor(1.0))
+    assert not torch.allclose(trainer.method.guess_marginal, torch.full((10,), 0.1))
+    torch.testing.assert_close(trainer.method.guess_marginal.sum(), torch.tensor(1.0))
     again = Trainer(config(tmp_path, distribution_alignment=True), digits)
     again.load_state_dict(trainer.state_dict())
-    assert torch.equal(again.guess_marginal, trainer.guess_marginal)
-    assert Trainer(config(tmp_path), digits).guess_marginal is None
+    assert torch.equal(again.method.guess_marginal, trainer.method.guess_marginal)
+    assert Trainer(config(tmp_path), digits).method.guess_marginal is None
 
 
 def raw_accuracy(trainer: Trainer) -> float:

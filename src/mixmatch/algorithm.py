@@ -109,7 +109,9 @@ def guess_labels(
     return sharpen(p if align is None else align(p), T)
 
 
-def mixmatch(x: Tensor, p: Tensor, u_views: Tensor, q: Tensor, alpha: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def mix_batches(
+    x: Tensor, p: Tensor, u_views: Tensor, q: Tensor, alpha: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Batch assembly of the paper's Algorithm 1, lines 10-14.
 
     x: (B, C, H, W) augmented labelled batch X^, p: (B, L) one-hot labels, u_views: (K, B, C, H, W)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from . import runfolder
-from .config import GROUPS, METHODS, PRESETS, ConfigError, TrainConfig, field_types, flag, read_settings
+from .config import GROUPS, METHOD_NAMES, PRESETS, ConfigError, TrainConfig, field_types, flag, read_settings
 from .experiments.grid import WorkerDied, run_grid
 
 # The data flags that say which labelled subset a run takes; the rest of the data group says which images load.
@@ -181,7 +181,7 @@ def build_parser() -> OneLineParser:
     compare = commands.add_parser("compare", help="MixMatch and both baselines on the same split: table + plot")
     add_config_flags(compare, skip=("method", "seed", "out"))
     add_settings_flags(compare)
-    compare.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+    compare.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=METHOD_NAMES,
                          help="methods to train on the same labelled split (default: all three)")
     compare.add_argument("--seeds", nargs="+", type=int, default=[0],
                          help="seeds: each picks the labelled split and the run's randomness (default: 0)")

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Method = Literal["mixmatch", "supervised", "fully-supervised"]
-METHODS: tuple[str, ...] = typing.get_args(Method)
+# The methods' names, in the order tables and --methods list them (mixmatch.methods.METHODS holds the methods).
+MethodName = Literal["mixmatch", "supervised", "fully-supervised"]
+METHOD_NAMES: tuple[str, ...] = typing.get_args(MethodName)
 # What MixUp mixes (the paper's "all", or an ablation of its table 4) and how X' and U' meet BatchNorm.
 MixMode = Literal["all", "labeled", "unlabeled", "separate"]
 BnMode = Literal["concat", "interleave"]
@@ -67,7 +68,7 @@ class TrainConfig:
         "labelled examples, split evenly over the classes (image folders: as evenly as they allow, all by default)",
         "data",
     )
-    method: Method = _opt(
+    method: MethodName = _opt(
         "mixmatch", "mixmatch, supervised (labelled subset only) or fully-supervised (all labels)", "MixMatch"
     )
     seed: int = _opt(0, "seed of the labelled split and of training", "run")

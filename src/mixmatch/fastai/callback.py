@@ -38,7 +38,7 @@ def images_of(batch: Any) -> Tensor:
 class MixMatchCallback(Callback):
     """Train a fastai Learner with MixMatch (Berthelot et al., 2019): labelled batches from the Learner's
     training loader, unlabelled batches from `unlabeled_dl`, and the step of the library's Trainer
-    (`mixmatch.step.MixMatchStep`, held as `mixmatch`), as fastai's MixHandler is over MixUp.
+    (`mixmatch.methods.mixmatch.MixMatchStep`, held as `method`), as fastai's MixHandler is over MixUp.
 
     unlabeled_dl: where unlabelled images come from, either
         - an image tensor (N, C, H, W): each step draws B images with replacement (B = labelled batch size),
@@ -71,7 +71,7 @@ class MixMatchCallback(Callback):
         --distribution-alignment. The labelled distribution is `labeled_marginal` (L,) if given, else
         counted once, at the first fit, over the items of the training loader (``dls.train_ds``, pairs
         whose second element is the class index; with `image_dataloaders` these are the labelled subset
-        repeated to fill an epoch). The running marginal, `mixmatch.guess_marginal`, lives across fits;
+        repeated to fill an epoch). The running marginal, `method.guess_marginal`, lives across fits;
         `lr_find` leaves it as it was.
 
     While training, the Learner's `loss_func` is replaced by the MixMatch loss; it is put back after
@@ -111,7 +111,7 @@ class MixMatchCallback(Callback):
                 f"MixMatchCallback: the unlabelled images (unlabeled_dl, mixmatch_learner's unlabeled) must be a "
                 f"batch (N, C, H, W), got a tensor of shape {tuple(unlabeled_dl.shape)}"
             )
-        self.mixmatch = MixMatchStep(
+        self.method = MixMatchStep(
             K=K, T=T, alpha=alpha, lambda_u=lambda_u, rampup_steps=rampup_steps, mix=mix, bn_mode=bn_mode
         )
         self.unlabeled_dl, self.augment = unlabeled_dl, augment
@@ -138,7 +138,7 @@ class MixMatchCallback(Callback):
 
     def views(self, u: Tensor) -> Tensor:
         """K augmented views of raw images u (B_u, C, H, W): float (K, B_u, C, H, W), as `augment` makes them."""
-        augment, K = self.augment, self.mixmatch.K
+        augment, K = self.augment, self.method.K
         if augment is None:
             pipeline = getattr(self.dls.train, "after_batch", None)
             if pipeline is None:
@@ -171,13 +171,13 @@ class MixMatchCallback(Callback):
     def before_fit(self) -> None:
         self._restore()  # in case an exception other than fastai's Cancel* left ours installed
         self._check_pool_scale()
-        if self.distribution_alignment and not self.mixmatch.distribution_alignment:
+        if self.distribution_alignment and not self.method.distribution_alignment:
             # After TrainEvalCallback (order -10) has moved the model to the loaders' device.
             device = next(self.learn.model.parameters()).device
-            self.mixmatch.align_to(self._labeled_marginal().to(device))
+            self.method.align_to(self._labeled_marginal().to(device))
         # lr_find trains for a few batches and puts the weights back; it must not use up the ramp-up, nor
         # move the running marginal of the guesses.
-        marginal = self.mixmatch.guess_marginal
+        marginal = self.method.guess_marginal
         self._saved = None
         if hasattr(self.learn, "lr_finder"):
             self._saved = (self.steps_done, None if marginal is None else marginal.clone())
@@ -204,7 +204,7 @@ class MixMatchCallback(Callback):
             raise ValueError("MixMatchCallback expects batches of one input and one target (class indices)")
         x, y = _plain(self.xb[0]), _plain(self.yb[0])
         u = self._unlabeled_batch(x.shape[0], x.device)
-        if self.mixmatch.bn_mode == "interleave" and u.shape[0] != x.shape[0]:
+        if self.method.bn_mode == "interleave" and u.shape[0] != x.shape[0]:
             raise ValueError(
                 f"bn_mode='interleave' needs unlabelled batches as large as the labelled ones, got {u.shape[0]} "
                 f"and {x.shape[0]}"
@@ -222,23 +222,23 @@ class MixMatchCallback(Callback):
                 f"batch ({_shape(x)}): give unlabeled_dl (mixmatch_learner's unlabeled) images of the labelled images' "
                 "channels and size (the same item transforms, e.g. Resize)"
             )
-        q = self.mixmatch.guess(self.model, u_views)
+        q = self.method.guess(self.model, u_views)
         p = F.one_hot(y.long(), q.shape[-1]).to(q.dtype)
-        x_mix, p_mix, u_mix, q_mix = self.mixmatch.mix(x, p, u_views.to(x.dtype), q)
+        x_mix, p_mix, u_mix, q_mix = self.method.mix(x, p, u_views.to(x.dtype), q)
         self._n_labeled = x_mix.shape[0]
-        self.lambda_u_now = self.mixmatch.lambda_u_at(self.steps_done)
+        self.lambda_u_now = self.method.lambda_u_at(self.steps_done)
         self.learn.xb = (torch.cat([x_mix, u_mix]),)
         self.learn.yb = (torch.cat([p_mix, q_mix]),)
-        if self.mixmatch.bn_mode == "interleave":
+        if self.method.bn_mode == "interleave":
             self._interleave_next_forward(self.learn.model, x_mix.shape[0])
 
     def _interleave_next_forward(self, model: nn.Module, n_labeled: int) -> None:
         """Make the Learner's next call of `model` (on cat(X', U')) the step's interleaved passes."""
         own_forward = model.forward
-        mixmatch = self.mixmatch
+        method = self.method
 
         def interleaved(batch: Tensor) -> Tensor:
-            return torch.cat(mixmatch.forward_mixed(model, batch[:n_labeled], batch[n_labeled:], own_forward))
+            return torch.cat(method.forward_mixed(model, batch[:n_labeled], batch[n_labeled:], own_forward))
 
         model.forward = interleaved
 
@@ -255,7 +255,7 @@ class MixMatchCallback(Callback):
             return self._old_lf(pred, *yb)
         n, targets = self._n_labeled, yb[0]
         self._n_labeled = None
-        total, loss_x, loss_u = self.mixmatch.loss(pred[:n], targets[:n], pred[n:], targets[n:], self.lambda_u_now)
+        total, loss_x, loss_u = self.method.loss(pred[:n], targets[:n], pred[n:], targets[n:], self.lambda_u_now)
         self.loss_x, self.loss_u = loss_x.detach(), loss_u.detach()
         return total
 
@@ -282,7 +282,7 @@ class MixMatchCallback(Callback):
         if self._saved is not None:
             (self.steps_done, marginal), self._saved = self._saved, None
             if marginal is not None:
-                self.mixmatch.guess_marginal.copy_(marginal)
+                self.method.guess_marginal.copy_(marginal)
 
     def _restore(self) -> None:
         """The Learner's own loss function and its model's own forward back in place."""

@@ -1,9 +1,11 @@
-"""One MixMatch training step's algorithm and its state, shared by every front end (Trainer, fastai callback).
+"""MixMatch (Berthelot et al., 2019, arXiv:1905.02249; google-research/mixmatch mixmatch.py): one step's
+algorithm and its state, shared by every front end (the Trainer's method, the fastai callback).
 
 `MixMatchStep` holds K, T, alpha, lambda_u and its ramp-up, the mix mode (the paper's, or an ablation of
 its table 4), the BatchNorm mode of the forward pass and distribution alignment with its running marginal.
-It offers the stages of a step: guess labels, mix, forward the mixed batch through a given model, loss.
-The math is `mixmatch.algorithm`'s; the front ends keep the data, augmentation, precision and optimiser.
+It offers the stages of a step: guess labels, mix, forward the mixed batch through a given model, loss;
+`batch_loss` runs them on a Trainer's batch. The math is `mixmatch.algorithm`'s; the front ends keep the
+data, augmentation, precision and optimiser.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from functools import partial
 from typing import TYPE_CHECKING, get_args
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import algorithm
 from ..config import PAPER_RAMPUP_STEPS, BnMode, MixMode
+from .base import Batch, Context, Losses, Method
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
@@ -42,7 +46,7 @@ def _same(t: Tensor) -> Tensor:
     return t
 
 
-class MixMatchStep:
+class MixMatchStep(Method):
     """The algorithm of one MixMatch step (Berthelot et al., 2019, arXiv:1905.02249, Algorithm 1) and its state.
 
     K, T, alpha, lambda_u: views per unlabelled image, sharpening temperature, Beta(alpha, alpha) of MixUp
@@ -59,8 +63,16 @@ class MixMatchStep:
         turns it on later.
     average: maps a tensor to its mean over processes (torchrun: `ProcessGroup.average`), so that every
         process keeps the same running marginal; None for one process.
+    anchoring: train on K strongly augmented views of each unlabelled image against the guess from its weak
+        views (ReMixMatch's augmentation anchoring, arXiv:1911.09785 sec. 3.3; not in MixMatch).
     Raises ValueError for K < 1, T <= 0, alpha < 0, lambda_u < 0 or an unknown mix or bn_mode.
     """
+
+    name = "mixmatch"
+    reads = (
+        "k", "temperature", "alpha", "lambda_u", "rampup_steps", "mix", "bn_mode", "distribution_alignment",
+        "augmentation_anchoring",
+    )
 
     def __init__(
         self,
@@ -73,6 +85,7 @@ class MixMatchStep:
         bn_mode: str = "concat",
         labeled_marginal: Tensor | None = None,
         average: Callable[[Tensor], Tensor] | None = None,
+        anchoring: bool = False,
     ):
         if K < 1:
             raise ValueError(f"K must be >= 1, got {K}")
@@ -85,7 +98,7 @@ class MixMatchStep:
         if bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}")
         self.K, self.T, self.alpha, self.lambda_u, self.rampup_steps = K, T, alpha, lambda_u, rampup_steps
-        self.mix_mode, self.bn_mode = mix, bn_mode
+        self.mix_mode, self.bn_mode, self.anchoring = mix, bn_mode, anchoring
         self.average = average if average is not None else _same
         self.labeled_marginal: Tensor | None = None
         self.guess_marginal: Tensor | None = None
@@ -96,14 +109,15 @@ class MixMatchStep:
     def from_config(
         cls,
         config: TrainConfig,
-        labeled_marginal: Tensor | None = None,
+        *,
+        labeled_y: Tensor | None = None,
+        num_classes: int | None = None,
         average: Callable[[Tensor], Tensor] | None = None,
     ) -> MixMatchStep:
-        """The step of a resolved TrainConfig (k, temperature, alpha, lambda_u, rampup_steps, mix, bn_mode).
-
-        Distribution alignment is on when `labeled_marginal` is given: the caller, who holds the labelled
-        data, reads `config.distribution_alignment`.
-        """
+        """The step of a resolved TrainConfig (the fields of `reads`); with distribution alignment, aligned to the
+        class distribution of `labeled_y` (n,) over `num_classes`."""
+        aligned = config.distribution_alignment and labeled_y is not None and num_classes is not None
+        labeled_marginal = class_marginal(labeled_y, num_classes) if aligned else None
         return cls(
             K=config.k,
             T=config.temperature,
@@ -114,6 +128,7 @@ class MixMatchStep:
             bn_mode=config.bn_mode,
             labeled_marginal=labeled_marginal,
             average=average,
+            anchoring=config.augmentation_anchoring,
         )
 
     @property
@@ -134,6 +149,36 @@ class MixMatchStep:
     def lambda_u_at(self, step: int) -> float:
         """Weight of L_U at training step `step` (counted from 0): lambda_u times the linear ramp-up."""
         return self.lambda_u * algorithm.linear_rampup(step, self.rampup_steps)
+
+    def batch_loss(self, ctx: Context, batch: Batch) -> Losses:
+        """Algorithm 1 on a drawn batch: augment X once and U K times, guess, mix, one forward pass of the mixed
+        batch (or the interleaved ones), L_X + lambda_u L_U in the run's precision. With anchoring, the strong
+        views of U are mixed and trained on against the guess from its weak views."""
+        x, u_views = ctx.augment.batch_and_views(batch.x, batch.u, self.K)
+        strong = ctx.augment.strong_views(batch.u, self.K) if self.anchoring else None
+        return self.views_loss(ctx, x, batch.y, u_views, strong)
+
+    def views_loss(
+        self, ctx: Context, x: Tensor, y: Tensor, u_views: Tensor, u_strong: Tensor | None = None
+    ) -> Losses:
+        """Guess, mix, forward and loss of an augmented labelled batch x (B, C, H, W) with classes y (B,) and
+        augmented unlabelled views u_views (K, B_u, C, H, W), the views in u_strong (K, B_u, C, H, W) mixed
+        instead where given (anchoring): `batch_loss` after its augmentation."""
+        p = F.one_hot(y, ctx.num_classes).float()
+        with ctx.autocast():
+            q = self.guess(ctx.model, u_views, ctx.forward)
+        x_mix, p_mix, u_mix, q_mix = self.mix(x, p, u_views if u_strong is None else u_strong, q)
+        with ctx.autocast():
+            logits_x, logits_u = self.forward_mixed(ctx.model, x_mix, u_mix, ctx.forward)
+        return Losses(*self.loss(logits_x, p_mix, logits_u, q_mix, self.lambda_u_at(ctx.step)))
+
+    def state_dict(self) -> dict[str, Tensor | None]:
+        """The running marginal of the guesses (distribution alignment; None without it)."""
+        return {"guess_marginal": self.guess_marginal}
+
+    def load_state_dict(self, state: dict[str, Tensor | None]) -> None:
+        if self.guess_marginal is not None and state.get("guess_marginal") is not None:
+            self.guess_marginal.copy_(state["guess_marginal"])
 
     def guess(
         self, model: nn.Module, u_views: Tensor, forward: Forward | None = None, update_alignment: bool = True
@@ -166,11 +211,11 @@ class MixMatchStep:
         u_views (K, B_u, C, H, W) and their guesses q (B_u, L): shapes (B, ...), (B, L), (K*B_u, ...),
         (K*B_u, L).
 
-        mix "all" is the paper's `algorithm.mixmatch`; the ablations MixUp only within X, within U, or
+        mix "all" is the paper's `algorithm.mix_batches`; the ablations MixUp only within X, within U, or
         each within itself, leaving the rest as it is. Draws from the global RNG (randperm, then Beta).
         """
         if self.mix_mode == "all":
-            return algorithm.mixmatch(x, p, u_views, q, self.alpha)
+            return algorithm.mix_batches(x, p, u_views, q, self.alpha)
         u, qk = u_views.flatten(0, 1), q.repeat(u_views.shape[0], 1)
         mix_x, mix_u = self.mix_mode in ("labeled", "separate"), self.mix_mode in ("unlabeled", "separate")
         if mix_x:

@@ -1,8 +1,8 @@
-"""The trainer: model, EMA, optimiser, schedule and data on one device, for three methods.
+"""The trainer: model, EMA, optimiser, schedule and data on one device, the same for every method.
 
-mixmatch          the paper's Algorithm 1 (label guessing, sharpening, MixUp, L_X + lambda_u L_U)
-supervised        the same model and augmentation on the labelled subset only
-fully-supervised  the same on every training label
+Each step it draws a batch and asks the run's method (mixmatch.methods) for the loss; the rest is the loop:
+backward, the optimiser with decoupled weight decay, the schedule, the EMA, evaluation, logs and checkpoints.
+`train` runs a config to the end, fitting its steps to a time budget or a cap first where it has one.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import runfolder
@@ -29,7 +28,7 @@ from ..config import ConfigError, TrainConfig
 from ..data.dataset import ImageDataset
 from ..data.splits import choose_split, data_digest, load_for_config, read_split, recorded_data_digest, save_split
 from ..ema import EMA
-from ..methods.mixmatch import MixMatchStep, class_marginal
+from ..methods import METHODS, Batch, Losses, Method, build_method
 from ..models import build_model
 from . import budget, checkpoint
 from .distributed import ProcessGroup
@@ -81,7 +80,8 @@ def cosine_factor(steps: int) -> Callable[[int], float]:
 
 
 class Trainer:
-    """Holds everything that changes during a run; `fit()` runs it and writes the run folder.
+    """Holds everything that changes during a run; `fit()` runs it and writes the run folder. It is the Context
+    that a method's `batch_loss` is lent (model, forward, teacher, augment, num_classes, step, autocast).
 
     Two parts can be replaced, for comparisons such as bench/step.py's reference path:
     `augment(default)` is given the default batched Augmenter (its mean, std, pad and flip) and returns
@@ -112,13 +112,17 @@ class Trainer:
         self._setup_model()
         self._record_runtime()
         self._setup_optimiser(optimizer)
-        aligned = cfg.distribution_alignment and cfg.method == "mixmatch"
-        target = class_marginal(self.labeled_y, self.data.num_classes) if aligned else None
-        self.mixmatch = MixMatchStep.from_config(cfg, target, self.dist.average)
+        self.method = self._build_method()
         self._setup_progress()
         if self.dist.enabled:
             # The same initial weights on every process (seeded above), but different batches.
             seed_everything(cfg.seed + self.dist.rank)
+
+    def _build_method(self) -> Method:
+        """The run's method (mixmatch.methods), on the labelled subset as it stands."""
+        return build_method(
+            self.config, labeled_y=self.labeled_y, num_classes=self.data.num_classes, average=self.dist.average
+        )
 
     def _setup_runtime(self) -> None:
         """This process's share of a torchrun launch, its device, precision and memory format."""
@@ -146,7 +150,7 @@ class Trainer:
         # As in the official code, every training image (labelled ones included) is also unlabelled data.
         images = self.data.train_images
         pool = images if self.data.extra_unlabeled is None else torch.cat([images, self.data.extra_unlabeled])
-        self.unlabeled_x = pool.to(self.device) if cfg.method == "mixmatch" else None
+        self.unlabeled_x = pool.to(self.device) if METHODS[cfg.method].uses_unlabeled else None
 
         mean, std = self.data.channel_stats()
         self.augment = Augmenter(mean.to(self.device), std.to(self.device), cfg.pad, cfg.flip, self.channels_last)
@@ -155,7 +159,7 @@ class Trainer:
         """Train on the labelled subset `split` (indices into the training images; all of them fully supervised)."""
         self.split = split
         images, labels = self.data.train_images, self.data.train_labels
-        if self.config.method != "fully-supervised":
+        if not METHODS[self.config.method].all_labels:
             images, labels = images[split], labels[split]
         self.labeled_x, self.labeled_y = images.to(self.device), labels.to(self.device)
 
@@ -217,71 +221,41 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.resumed = False
 
-    # ---- one step -------------------------------------------------------------------------------
+    # ---- one step: the Context a method's batch_loss is lent ------------------------------------------
 
-    def _autocast(self) -> torch.autocast:
+    def autocast(self) -> torch.autocast:
+        """The run's precision: bf16 autocast where it is on, else a no-op."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
-    def _batch(self, images: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        idx = torch.randint(images.shape[0], (self.local_batch,), device=self.device)
-        return images[idx], (labels[idx] if labels is not None else None)
-
-    def lambda_u(self) -> float:
-        return self.mixmatch.lambda_u_at(self.step)
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The EMA of the weights (the evaluated model; the teacher of Mean Teacher and ICT), None without one."""
+        return self.ema.module if self.ema is not None else None
 
     @property
-    def labeled_marginal(self) -> Tensor | None:
-        """Class distribution (L,) of the labelled subset, with --distribution-alignment; else None."""
-        return self.mixmatch.labeled_marginal
+    def num_classes(self) -> int:
+        return self.data.num_classes
 
-    @property
-    def guess_marginal(self) -> Tensor | None:
-        """Running class marginal (L,) of the guesses, with --distribution-alignment; else None. Checkpointed."""
-        return self.mixmatch.guess_marginal
+    def draw_batch(self) -> Batch:
+        """This process's share of a step's batch, drawn with replacement: B labelled images and their classes, and
+        the method's unlabelled ratio times B unlabelled images where it uses them."""
+        idx = torch.randint(self.labeled_x.shape[0], (self.local_batch,), device=self.device)
+        batch = Batch(self.labeled_x[idx], self.labeled_y[idx])
+        if self.unlabeled_x is not None:
+            size = self.method.unlabeled_ratio * self.local_batch
+            batch.u = self.unlabeled_x[torch.randint(self.unlabeled_x.shape[0], (size,), device=self.device)]
+        return batch
 
-    def mixmatch_loss(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(total, L_X, L_U) of one MixMatch batch drawn from the data, with the graph for backward."""
-        xb, yb = self._batch(self.labeled_x, self.labeled_y)
-        ub, _ = self._batch(self.unlabeled_x)
-        x, u_views = self.augment.batch_and_views(xb, ub, self.config.k)
-        strong = self.augment.strong_views(ub, self.config.k) if self.config.augmentation_anchoring else None
-        return self.mixmatch_loss_of(x, yb, u_views, strong)
-
-    def mixmatch_loss_of(
-        self, x: Tensor, y: Tensor, u_views: Tensor, u_strong: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """(total, L_X, L_U) of an augmented labelled batch x (B, C, H, W) with class indices y (B,) and
-        augmented unlabelled views u_views (K, B, C, H, W): guess, mix, forward and loss of `self.mixmatch`
-        at this step, in the run's precision. With u_strong (K, B, C, H, W), strongly augmented views of the
-        same images, those are mixed and trained on against the guess from u_views (augmentation anchoring,
-        ReMixMatch sec. 3.3)."""
-        p = F.one_hot(y, self.data.num_classes).float()
-        q = self.guess(u_views)
-        x_mix, p_mix, u_mix, q_mix = self.mixmatch.mix(x, p, u_views if u_strong is None else u_strong, q)
-        with self._autocast():
-            logits_x, logits_u = self.mixmatch.forward_mixed(self.model, x_mix, u_mix, self.forward)
-        return self.mixmatch.loss(logits_x, p_mix, logits_u, q_mix, self.lambda_u())
-
-    def guess(self, u_views: Tensor, update_alignment: bool = True) -> Tensor:
-        """Guessed labels q (B, L) of (K, B, C, H, W) views, as a step makes them (`MixMatchStep.guess`, in the
-        run's precision). With --distribution-alignment this moves the running marginal unless
-        update_alignment=False."""
-        with self._autocast():
-            return self.mixmatch.guess(self.model, u_views, self.forward, update_alignment)
-
-    def supervised_loss(self) -> tuple[Tensor, Tensor, Tensor]:
-        xb, yb = self._batch(self.labeled_x, self.labeled_y)
-        with self._autocast():
-            logits = self.forward(self.augment(xb))
-        loss = F.cross_entropy(logits.float(), yb)
-        return loss, loss.detach(), torch.zeros((), device=self.device)
+    def step_loss(self) -> Losses:
+        """The losses of a batch drawn now, as the next training step computes them (with the graph)."""
+        return self.method.batch_loss(self, self.draw_batch())
 
     def train_step(self) -> Tensor:
         """One optimisation step; returns the detached (total, L_X, L_U) as a (3,) tensor, without syncing."""
         self.model.train()
         if isinstance(self.forward, CompiledOrEager):
             self.forward.step_begin()
-        loss, loss_x, loss_u = self.mixmatch_loss() if self.config.method == "mixmatch" else self.supervised_loss()
+        loss, loss_x, loss_u = self.step_loss()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -315,7 +289,7 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         for start in range(0, images.shape[0], batch):
             x = self.augment.plain(images[start : start + batch].to(self.device))
-            with self._autocast():
+            with self.autocast():
                 pred = model(x).argmax(-1)
             correct += (pred == labels[start : start + batch].to(self.device)).sum()
         return correct.item() / images.shape[0]
@@ -344,7 +318,7 @@ class Trainer:
             step=self.step,
             model=self.model.state_dict(),
             ema=None if self.ema is None else self.ema.state_dict(),
-            guess_marginal=self.guess_marginal,
+            method=self.method.state_dict(),
             optimizer=self.optimizer.state_dict(),
             scheduler=None if self.scheduler is None else self.scheduler.state_dict(),
             rng=self.dist.gather(rng_state()),  # one per process: each draws its own batches
@@ -365,8 +339,8 @@ class Trainer:
         except (KeyError, RuntimeError, TypeError, ValueError) as error:
             reason = " ".join(str(error).split())[:300]
             raise checkpoint.CheckpointError(f"checkpoint {source} does not fit this run: {reason}") from None
-        if self.guess_marginal is not None and state.get("guess_marginal") is not None:
-            self.guess_marginal.copy_(state["guess_marginal"])
+        # Checkpoints written before methods carried their own state held MixMatch's at the top.
+        self.method.load_state_dict(state.get("method", {"guess_marginal": state.get("guess_marginal")}))
         self.step = state["step"]
         self.wall_seconds = state["wall_seconds"]
         self.pending = list(state["pending"].to(self.device).unbind(0))
@@ -401,8 +375,7 @@ class Trainer:
         split = read_split(saved, self.data, what=f"the run's {saved}")
         if not torch.equal(split, self.split):
             self._label(split)
-            if self.mixmatch.labeled_marginal is not None:
-                self.mixmatch.align_to(class_marginal(self.labeled_y, self.data.num_classes))
+            self.method = self._build_method()  # on these labels: distribution alignment's target is theirs
         recorded = recorded_data_digest(saved)
         if recorded is not None and recorded != data_digest(self.data) and self.dist.is_main:
             log.warning(
@@ -553,7 +526,7 @@ class Trainer:
                 loss=mean[0],
                 loss_x=mean[1],
                 loss_u=mean[2],
-                lambda_u=self.lambda_u() if self.config.method == "mixmatch" else 0.0,
+                lambda_u=self.method.lambda_u_at(self.step),
                 lr=self.optimizer.param_groups[0]["lr"],
             )
         )
@@ -636,7 +609,8 @@ def train(
                 print(f"mixmatch: {why}", file=sys.stderr)
         trainer = Trainer(config, dataset)
         cfg = trainer.config
-        if not resume and cfg.method == "mixmatch" and cfg.rampup_steps > cfg.steps and main:
+        ramps = "rampup_steps" in METHODS[cfg.method].reads and cfg.rampup_steps > cfg.steps
+        if not resume and ramps and main:
             print(
                 f"mixmatch: warning: lambda_u ramps up over {cfg.rampup_steps} steps but the run has {cfg.steps}: "
                 f"it ends at {cfg.lambda_u * cfg.steps / cfg.rampup_steps:g} of {cfg.lambda_u:g} (set --rampup-steps)",
