@@ -12,6 +12,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["digits", "fashion-mnist"])
 def test_gpu_check_runs_tiny_on_a_cpu(tmp_path, dataset, request):
     data_dir = str(request.getfixturevalue("shared_data")) if dataset == "fashion-mnist" else "unused"
@@ -33,6 +34,7 @@ def test_gpu_check_runs_tiny_on_a_cpu(tmp_path, dataset, request):
     assert "| reference |" in (out / "gpu.md").read_text()
 
 
+@pytest.mark.slow
 def test_cpu_bench_runs_tiny_and_gives_each_round_its_own_peak(tmp_path):
     out = tmp_path / "cpu.json"
     cmd = [sys.executable, str(BENCH / "cpu.py"), "--models", "digits", "--steps", "4", "--rounds", "2",
@@ -55,6 +57,7 @@ def test_cpu_bench_runs_tiny_and_gives_each_round_its_own_peak(tmp_path):
             assert entry["fraction_of_own_peak"] == entry["fraction_of_fp32_peak"]
 
 
+@pytest.mark.slow
 def test_main_job_bench_times_the_whole_command_per_setting(tmp_path):
     out = tmp_path / "main.json"
     cmd = [sys.executable, str(BENCH / "main_job.py"), "--seeds", "0", "--steps", "20", "--settings", "default",
@@ -68,6 +71,7 @@ def test_main_job_bench_times_the_whole_command_per_setting(tmp_path):
         assert len(entry["seconds"]) == 1 and entry["median_seconds"] == entry["seconds"][0] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")), reason="no C++ compiler")
 def test_whole_step_bench_compiles_the_loss_and_runs_the_librarys_step():
     cmd = [sys.executable, str(BENCH / "whole_step.py"), "--steps", "2", "--rounds", "1"]

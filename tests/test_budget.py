@@ -87,6 +87,7 @@ def test_time_run_measures_a_real_step_and_evaluation(digits):
     assert 0 < step < 5 and 0 < evaluation < 5
 
 
+@pytest.mark.slow
 def test_a_folder_run_with_minutes_says_what_it_picked_and_records_the_steps(folder, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--dataset", "folder", "--data-dir", str(folder), "--image-size", "16", "--minutes", "0.02"]
@@ -165,6 +166,7 @@ def test_a_capped_run_says_so_and_records_its_steps(tmp_path, digits, monkeypatc
     assert "(100 steps is the least a run trains)" in err
 
 
+@pytest.mark.slow
 def test_a_compare_grid_is_capped_once_and_every_run_keeps_the_same_steps(tmp_path, monkeypatch, capsys):
     timed = []
     monkeypatch.setattr(trainer, "time_run", lambda cfg, data: (timed.append(cfg.method) or 30.0, 1.0))
@@ -180,6 +182,7 @@ def test_a_compare_grid_is_capped_once_and_every_run_keeps_the_same_steps(tmp_pa
         assert config["max_minutes"] == 1  # the run folder says what shortened it
 
 
+@pytest.mark.slow
 def test_a_budgeted_grid_with_a_cap_is_timed_once_too(folder, tmp_path, monkeypatch):
     timed = []
     monkeypatch.setattr(trainer, "time_run", lambda cfg, data: (timed.append(cfg.method) or 30.0, 1.0))

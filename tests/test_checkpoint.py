@@ -49,6 +49,7 @@ def records(run: pathlib.Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in rows]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_bit_identical_weights(tmp_path):
     args = ["train", "--steps", "160", "--batch-size", "16", "--log-every", "20", "--eval-every", "80"]
     args += ["--checkpoint-every", "40", "--keep-checkpoints", "2", *EXACT]
@@ -92,6 +93,7 @@ def cli_with_idle(idle: int, *args: str) -> list[str]:
     return [sys.executable, "-c", UNDER_LOAD, str(idle), *args]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_under_another_load_keeps_the_threads_and_the_weights(tmp_path):
     """Default flags (auto threads, precision and memory format): started with 2 idle CPUs, killed, resumed with 1
     idle; the run keeps the 2 threads its config.json records and ends bit-identical to an uninterrupted one."""
@@ -153,6 +155,7 @@ def test_resume_says_when_the_threads_or_device_differ_from_the_runs_own(finishe
     assert capsys.readouterr().err == "mixmatch: error: --threads must be >= 1, got 0\n"
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_says_where(tmp_path):
     run = tmp_path / "run"
     args = ["train", "--steps", "100000", "--batch-size", "16", "--log-every", "10", "--checkpoint-every", "0"]
@@ -174,6 +177,7 @@ def test_sigterm_saves_a_checkpoint_and_says_where(tmp_path):
     assert not (run / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_a_stopped_grid_saves_each_running_run_and_resume_finishes_it_as_if_never_stopped(tmp_path):
     """SIGTERM to a compare grid in two workers: both runs stop with a checkpoint and the third never starts;
     `--resume` then finishes the grid with the results of one that was never stopped."""

@@ -14,6 +14,7 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -68,6 +69,7 @@ def test_train_writes_summary(tmp_path, capsys):
     assert (config["k"], config["temperature"], config["alpha"], config["lambda_u"]) == (3, 0.4, 0.5, 10)
 
 
+@pytest.mark.slow
 def test_compare_prints_table_and_writes_plot(tmp_path, capsys):
     out = tmp_path / "cmp"
     assert (
@@ -109,6 +111,7 @@ def test_report_of_missing_run_is_one_line(tmp_path, capsys):
     assert "not a finished run folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_fashion_mnist_from_shared_data(shared_data, tmp_path):
     result = run_cli(
         "train",
@@ -173,3 +176,18 @@ def test_a_bad_flag_or_choice_is_one_line_not_the_usage_block(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--schedule", "bogus"])
     assert "invalid choice: 'bogus' (choose from 'constant', 'cosine', 'onecycle')" in capsys.readouterr().err
+
+
+def test_every_help_text_is_one_line():
+    """What a flag does fits one line of --help (its default is added after it); depth lives in docs/cli.md."""
+    import argparse
+    import re
+
+    from mixmatch.cli import build_parser
+
+    parsers = list(build_parser().commands.values())
+    parsers += [p for parser in parsers for action in parser._actions
+                if isinstance(action, argparse._SubParsersAction) for p in action.choices.values()]
+    long = [(parser.prog, action.option_strings or action.dest) for parser in parsers for action in parser._actions
+            if action.help and len(re.sub(r" \(default: .*\)$", "", action.help)) > 100]
+    assert not long, long

@@ -17,6 +17,7 @@ from mixmatch.data.splits import choose_split, hold_out, labeled_split, read_spl
 from mixmatch.training.trainer import Trainer
 
 
+@pytest.mark.slow
 def test_the_data_layer_loads_the_folder_reader_only_for_a_folder():
     """`mixmatch.data` holds `folder` (a package's modules always load the package first), and loads it, with
     PIL, only when an image folder is read."""
@@ -185,6 +186,7 @@ def write_svhn(path, images: torch.Tensor, labels: torch.Tensor) -> None:
     savemat(path, {"X": images.permute(2, 3, 1, 0).numpy(), "y": torch.where(labels == 0, 10, labels)[:, None].numpy()})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["svhn", "svhn-extra"])
 def test_svhn_loader_reads_mat_files_and_extra_pool(tmp_path, trust_checksums, name):
     images = torch.randint(0, 256, (50, 3, 32, 32), dtype=torch.uint8)

@@ -27,6 +27,7 @@ def losses(run) -> list[float]:
     return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_follow_the_one_process_loss_curve(tmp_path):
     args = ["train", "--steps", "200", "--batch-size", "32", "--log-every", "25", "--eval-every", "200"]
     args += ["--checkpoint-every", "100", "--amp", "off", "--no-progress"]
@@ -74,6 +75,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_weights_batchnorm_statistics_and_ema_stay_identical_on_every_process(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

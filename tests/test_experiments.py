@@ -50,6 +50,7 @@ def test_demo_without_sharpening_is_labelled_only_training(digits):
     assert sharpened["mean_confidence"] != unsharpened["mean_confidence"]
 
 
+@pytest.mark.slow
 def test_demo_writes_runs_table_and_tsne(tmp_path, digits):
     results = sharpening_demo(digits, tmp_path, seeds=(0, 1), num_labels=50, epochs=1)
     assert set(results) == {"1.0", "0.5"} and all(len(r["accuracies"]) == 2 for r in results.values())

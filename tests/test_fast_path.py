@@ -44,6 +44,7 @@ def loss_and_grad(t: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([total, loss_x, loss_u]).detach().float(), grad
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bn_mode", ["concat", "interleave"])
 def test_bf16_channels_last_step_matches_fp32_step(tmp_path, cifar_like, bn_mode):
     reference = trainer(tmp_path, cifar_like, amp="off", channels_last="off", bn_mode=bn_mode)

@@ -58,6 +58,7 @@ class Raise(Callback):
             raise self.exception()
 
 
+@pytest.mark.slow
 def test_import_mixmatch_does_not_import_fastai():
     code = "import sys, mixmatch, mixmatch.training.trainer, mixmatch.cli; assert 'fastai' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -66,6 +67,7 @@ def test_import_mixmatch_does_not_import_fastai():
 MISSING = 'mixmatch.fastai needs fastai, which is not installed (fastai is missing): pip install "mixmatch[fastai]"'
 
 
+@pytest.mark.slow
 def test_import_without_fastai_says_in_one_line_what_to_install():
     """fastai absent (None in sys.modules is how Python marks a module that cannot be imported)."""
     catch = textwrap.dedent("""
@@ -245,6 +247,7 @@ def test_get_preds_and_predict_use_the_ema_weights_and_leave_the_raw_ones(tmp_pa
     )
 
 
+@pytest.mark.slow
 def test_an_unlabelled_dataloader_is_cycled_on_fashion_mnist(tmp_path, shared_data):
     """Real 28x28 data, labelled-only vs MixMatch Learner, unlabelled images from a torch DataLoader."""
     data = load_dataset("fashion-mnist", str(shared_data))

@@ -441,6 +441,7 @@ def test_data_info_of_a_registered_data_set(capsys):
 # ---- training on a folder through the CLI -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["class-folders", "csv"])
 def test_train_a_few_steps_on_a_folder_of_fashion_mnist_pngs(shared_data, tmp_path, layout):
     fashion = load_dataset("fashion-mnist", str(shared_data))

@@ -71,6 +71,7 @@ def records(run) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "wall_seconds"} for r in lines]
 
 
+@pytest.mark.slow
 def test_side_by_side_trains_the_same_runs_as_one_after_another(tmp_path, capsys):
     args = ["compare", "--steps", "20", "--eval-every", "10", "--log-every", "5", "--amp", "off", "--threads", "1",
             "--methods", "mixmatch", "supervised", "--seeds", "0", "1"]
@@ -87,6 +88,7 @@ def test_side_by_side_trains_the_same_runs_as_one_after_another(tmp_path, capsys
     assert [r["accuracies"] for r in one] == [r["accuracies"] for r in two]
 
 
+@pytest.mark.slow
 def test_an_error_in_a_worker_is_one_line(tmp_path, capsys):
     argv = ["compare", "--steps", "30", "--rampup-steps", "10", "--lr", "1e30", "--methods", "mixmatch", "supervised",
             "--threads", "1", "--jobs", "2", "--out", str(tmp_path)]
@@ -165,6 +167,7 @@ def test_a_budgeted_grid_gives_each_run_the_whole_machine(tmp_path, cpus, monkey
     assert threads == [2] and "at a time" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_stopped_run_needs_resume_and_resume_needs_the_grids_own_flags(tmp_path, capsys):
     grid = tmp_path / "grid"
     args = ["compare", "--steps", "20", "--eval-every", "10", "--amp", "off", "--methods", "supervised", "--seeds",

@@ -1,23 +1,33 @@
-"""The result tables in README.md are the ones `mixmatch report` makes from the committed run folders.
+"""README.md and docs/: every result table is the one `mixmatch report` makes from the committed run folders, and
+every link and code name points at something that exists.
 
-A table sits between `<!-- results/NAME -->` and `<!-- /results/NAME -->`; NAME's run folders (those
-holding a summary.json) or, for the sharpening demo, its runs.json are read again and the table rebuilt.
-Rows are compared as a set: the order of rows follows the order in which folders were given.
+A table sits between `<!-- results/NAME -->` and `<!-- /results/NAME -->`; NAME's run folders (those holding a
+summary.json) or, for the sharpening demo, its runs.json are read again and the table rebuilt. Rows are compared
+as a set: the order of rows follows the order in which folders were given.
 """
 
+import importlib
+import inspect
 import json
+import pkgutil
 import re
 from pathlib import Path
 
 import pytest
 
+import mixmatch
 from mixmatch.experiments.ablate import paper_column
 from mixmatch.experiments.demo import demo_table
 from mixmatch.experiments.report import aggregate, markdown_table, read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-BLOCKS = re.findall(r"<!-- (results/[\w./-]+) -->\n(.*?)\n<!-- /\1 -->", README, flags=re.S)
+PAGES = {path: path.read_text() for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
+BLOCKS = [
+    (name, block, path)
+    for path, text in PAGES.items()
+    for name, block in re.findall(r"<!-- (results/[\w./-]+) -->\n(.*?)\n<!-- /\1 -->", text, flags=re.S)
+]
 
 
 def rebuilt_table(folder: Path, header: str) -> str:
@@ -29,14 +39,18 @@ def rebuilt_table(folder: Path, header: str) -> str:
     return paper_column(table) if "paper" in header else table
 
 
-def test_readme_has_result_tables():
-    assert len(BLOCKS) >= 5
+def test_readme_is_a_front_page_and_the_tables_are_in_it_and_the_docs():
+    assert len(README.splitlines()) <= 250
+    first_screen = "\n".join(README.splitlines()[:50])
+    assert "## Two commands" in first_screen and ".venv/bin/python -m pytest" in first_screen
+    assert sum(path.name == "README.md" for _, _, path in BLOCKS) >= 2
+    assert sum(path.parent.name == "docs" for _, _, path in BLOCKS) >= 10
 
 
-@pytest.mark.parametrize(("name", "block"), BLOCKS, ids=[name for name, _ in BLOCKS])
-def test_readme_table_is_rebuilt_from_committed_runs(name, block):
+@pytest.mark.parametrize(("name", "block", "page"), BLOCKS, ids=[f"{p.name}:{n}" for n, _, p in BLOCKS])
+def test_table_is_rebuilt_from_committed_runs(name, block, page):
     folder = ROOT / name
-    assert folder.is_dir(), f"README shows {name}, which is not committed"
+    assert folder.is_dir(), f"{page.name} shows {name}, which is not committed"
     lines = block.strip().splitlines()
     expected = rebuilt_table(folder, lines[0]).splitlines()
     assert lines[:2] == expected[:2]
@@ -64,3 +78,66 @@ def test_layout_names_every_module_once_and_nothing_else():
     )
     modules.remove("src/mixmatch/__init__.py")
     assert sorted(listed) == modules
+
+
+@pytest.mark.parametrize("page", list(PAGES), ids=[p.name for p in PAGES])
+def test_every_link_points_at_a_file(page):
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", PAGES[page])
+    missing = [link for link in links if not link.startswith(("http://", "https://")) and
+               not (page.parent / link).exists()]
+    assert not missing, missing
+
+
+def package_classes() -> dict[str, type]:
+    """Every class defined in the package, by name (a name defined twice keeps the first)."""
+    classes: dict[str, type] = {}
+    for info in pkgutil.walk_packages(mixmatch.__path__, "mixmatch."):
+        if info.name.startswith("mixmatch.fastai") or info.name == "mixmatch.__main__":
+            continue  # an optional extra, and the command itself
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if inspect.isclass(value) and value.__module__ == module.__name__:
+                classes.setdefault(name, value)
+    return classes
+
+
+def resolves(dotted: str) -> bool:
+    """Whether `mixmatch.a.b.c` is a module or an attribute reached from one."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attribute in parts[cut:]:
+            if not hasattr(obj, attribute):
+                return False
+            obj = getattr(obj, attribute)
+        return True
+    return False
+
+
+@pytest.mark.parametrize("page", list(PAGES), ids=[p.name for p in PAGES])
+def test_every_code_name_exists(page):
+    """Backquoted code names: `mixmatch.x.y` is importable, `Class.member` is a member of a package class, and a
+    path under the repository (src/, docs/, results/, ...) is there (a glob, some file of it)."""
+    classes = package_classes()
+
+    def exists(name: str) -> bool:
+        if re.fullmatch(r"mixmatch(\.\w+)+", name) and not name.endswith(".py"):  # not the official mixmatch.py
+            return name.startswith("mixmatch.fastai") or resolves(name)
+        if member := re.fullmatch(r"([A-Z]\w+)\.(\w+)(\(.*\))?", name):
+            owner = classes.get(member.group(1))
+            return owner is None or hasattr(owner, member.group(2))
+        if re.fullmatch(r"(src|tests|bench|examples|results|docs)/[\w./*-]+", name):
+            return bool(list(ROOT.glob(name.rstrip("/"))))
+        return True
+
+    gone = [name for name in re.findall(r"`([^`\n]+)`", PAGES[page]) if not exists(name)]
+    assert not gone, gone
+
+
+def test_a_gone_name_is_caught():
+    assert not resolves("mixmatch.training.trainer.Trainer._forward_mixed")
+    assert resolves("mixmatch.methods.mixmatch.MixMatchStep.forward_mixed")
+    assert not hasattr(package_classes()["Trainer"], "_forward_mixed")

@@ -120,6 +120,7 @@ def test_ema_tracks_the_model(tmp_path, digits):
     assert (ema - live).abs().max() < 0.1
 
 
+@pytest.mark.slow
 def test_mixmatch_learns_digits(tmp_path, digits):
     summary = Trainer(config(tmp_path, steps=600, eval_every=600, rampup_steps=200), digits).fit()
     assert summary["test_accuracy"] > 0.8
@@ -161,6 +162,7 @@ def raw_accuracy(trainer: Trainer) -> float:
         trainer.ema = ema
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_a_short_run_reports_trained_weights_not_the_initial_ones(tmp_path, digits):
     """300 steps of the digits preset with decay 0.999: the plain EMA still holds 0.999**300 = 74% of the

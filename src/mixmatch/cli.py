@@ -148,17 +148,13 @@ def add_grid_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="finish a stopped grid in --out: finished runs are kept, stopped ones continue from their newest "
-        "checkpoint, the rest start (the flags must be the grid's own)",
+        help="finish a stopped grid in --out: keep its finished runs, continue the stopped ones, start the rest",
     )
     parser.add_argument(
         "--jobs",
         type=count_or_auto,
         default=None,
-        help="runs trained at a time, each in its own process with its share of the CPUs: a whole number (1: "
-        "one after another) or auto (the default: on a CPU one run per idle CPU, so each trains on one thread "
-        "and the accuracies are those of one thread; with --threads N, one run per N idle CPUs; 1 on a GPU, "
-        "and 1 where side by side would cost the runs steps: under --minutes, or a cap that would cut them)",
+        help="runs trained at a time, each in its own process: a whole number, or auto (one per idle CPU)",
     )
 
 
@@ -173,8 +169,7 @@ def build_parser() -> OneLineParser:
         "--resume",
         metavar="RUN_DIR",
         default=None,
-        help="continue RUN_DIR from its newest checkpoint, with its config.json (only --device, --progress, "
-        "--data-dir, --download, --threads may change)",
+        help="continue RUN_DIR from its newest checkpoint, with its own settings (its config.json)",
     )
     train.set_defaults(func=run_train)
 

@@ -58,14 +58,13 @@ class TrainConfig:
     )
     val_fraction: float | None = _opt(
         None,
-        "hold out this share of every class's labelled images as the test split (0: none; default 0.1 for a "
-        "folder without a test split, else 0)",
+        "hold out this share of each class's labelled images as the test split (0.1 for a folder without one)",
         "data",
     )
     labeled_split: str | None = _opt(None, "reuse the labelled subset of an earlier run's split.json", "data")
     num_labels: int | None = _opt(
         None,
-        "labelled examples, split evenly over the classes (image folders: as evenly as they allow, all by default)",
+        "labelled images, split evenly over the classes (folders: as evenly as they allow; default all)",
         "data",
     )
     method: MethodName = _opt(
@@ -76,15 +75,12 @@ class TrainConfig:
     steps: int | None = _opt(None, f"training steps (the official full schedule is {PAPER_STEPS})", "optimisation")
     minutes: float | None = _opt(
         None,
-        "train for about this many minutes instead of --steps: the steps fit the speed measured on the first "
-        "steps (--dataset folder without --steps: 10 on a CPU, 60 on a GPU)",
+        "train about this many minutes instead of --steps, at the speed measured on a few steps",
         "optimisation",
     )
     max_minutes: float | None = _opt(
         None,
-        "where the steps would take longer than this on this machine (timed on a few steps and an evaluation), "
-        "train as many as fit, with ramp-up and evaluations scaled alike (CPU presets: 15, for their own steps: "
-        "--steps lifts it; one you give caps --steps too)",
+        "train fewer steps where the steps would take longer than this here (CPU presets: 15)",
         "optimisation",
     )
     batch_size: int = _opt(64, "labelled batch size B; the unlabelled batch is also B, times K views", "optimisation")
@@ -103,20 +99,17 @@ class TrainConfig:
     ema_decay: float = _opt(0.999, "EMA decay of the evaluated weights; 0 evaluates the raw model", "model")
     ema_warmup: bool = _opt(
         True,
-        "warm the EMA decay up as min(decay, (1 + t) / (10 + t)) at update t (TensorFlow's num_updates, timm's "
-        "model EMA), so short runs evaluate trained weights; off: the paper's plain EMA",
+        "warm the EMA decay up as min(decay, (1 + t) / (10 + t)); off: the paper's plain EMA",
         "model",
     )
     schedule: Literal["constant", "cosine", "onecycle"] | None = _opt(
         None,
-        "learning rate schedule: constant (paper), cosine (FixMatch's cos(7 pi k / 16 K), down to 0.2 lr) or "
-        "onecycle",
+        "learning-rate schedule: constant (paper), cosine (FixMatch's, down to 0.2 lr) or onecycle",
         "optimisation"
     )
     bn_mode: BnMode = _opt(
         "concat",
-        "concat: one forward pass over X' and U'; interleave: the official code's "
-        "three passes with BatchNorm statistics from the first",
+        "concat: one forward pass over X' and U'; interleave: the official code's three passes",
         "MixMatch",
     )
     mix: MixMode = _opt(
@@ -124,15 +117,12 @@ class TrainConfig:
     )
     distribution_alignment: bool | None = _opt(
         None,
-        "scale guessed labels so their running class marginal matches the labelled one (ReMixMatch's "
-        "distribution alignment, not in the MixMatch paper; it stops a class vanishing from the guesses)",
+        "align guesses to the labelled class distribution (ReMixMatch's, not MixMatch's)",
         "MixMatch",
     )
     augmentation_anchoring: bool = _opt(
         False,
-        "train on K strongly augmented views of each unlabelled image (RandAugment and Cutout) against the guess "
-        "from its K weak views (--method mixmatch only; ReMixMatch's augmentation anchoring, not in the MixMatch "
-        "paper; RandAugment draws once for each group of 8 images)",
+        "train on strong views (RandAugment, Cutout) against the weak views' guess (ReMixMatch's)",
         "MixMatch",
     )
     eval_every: int | None = _opt(None, "evaluate the test split every N steps", "run")
@@ -155,14 +145,12 @@ class TrainConfig:
     )
     threads: int | None = _opt(
         None,
-        "CPU threads (default auto: the CPUs that other processes leave idle when the run starts, at most "
-        "torch's count; config.json records the count, and --resume keeps it)",
+        "CPU threads (default auto: the CPUs idle at the start; recorded, and --resume keeps it)",
         "run",
     )
     compile: Literal["auto", "on", "off"] = _opt(
         "auto",
-        "torch.compile the model (on one GPU with CUDA graphs, mode reduce-overhead): auto (runs of 20000+ "
-        "steps, where a C++ compiler is present), on or off",
+        "torch.compile the model: auto (runs of 20000+ steps where a C++ compiler is present), on or off",
         "run",
     )
     out: str | None = _opt(None, "run folder (default runs/<dataset>-<method>-<labels>-<seed>)", "run")

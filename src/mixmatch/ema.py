@@ -60,7 +60,7 @@ class EMA(nn.Module):
             target[1].append(w.detach())
         if averaged[0] and self.updates.device.type == "cpu":
             # On a CPU reading the counter costs nothing: one fused lerp instead of the device-side decay's ten
-            # small operations (weight decay and EMA together went from 0.42 to 0.28 ms of a 7 ms digits step).
+            # small operations, which weigh on a small model's step.
             t = int(self.updates)
             decay = min(self.decay, (1 + t) / (10 + t)) if self.warmup else self.decay
             torch._foreach_lerp_(averaged[0], averaged[1], 1 - decay)

@@ -2,10 +2,9 @@
 
 A small model's step cannot keep two threads busy: it is many operations on tensors of a few hundred
 kilobytes, and torch's threads meet at the end of each one. Two runs in two processes of one thread each
-have no such meeting points: on a 2-core CPU README's main job (nine digits runs) took 2 min 21 s so in
-fp32, against 3 min 33 s one after another with two threads (results/perf.md). So on a CPU a grid trains its runs in
-worker processes (`--jobs`), which split the idle CPUs between them; a run computes the same either way,
-with as many threads. Where side by side would cost the runs steps, auto keeps them one after another: a
+have no such meeting points (docs/performance.md times README's main job both ways). So on a CPU a grid trains
+its runs in worker processes (`--jobs`), which split the idle CPUs between them; a run computes the same either
+way, with as many threads. Where side by side would cost the runs steps, auto keeps them one after another: a
 time budget (`--minutes`, a folder's preset) gives each run the whole machine for its minutes, and a CPU
 preset's cap (`max_minutes`) that would cut the runs on one thread but not on all is timed on all.
 """

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-# torch.compile costs a minute or more of compiling (71 s for WRN-28-2 on the 2-core CPU of
-# results/perf.md) and saved about 10% of a step there: it pays from a few thousand steps on.
+# torch.compile costs a minute or more of compiling and saves a tenth of a step or so on a CPU: it pays only on
+# long runs (docs/performance.md has the figures).
 COMPILE_AUTO_MIN_STEPS = 20_000
 
 
@@ -50,8 +50,8 @@ def use_bf16(amp: str, device: torch.device) -> bool:
 
 
 def use_channels_last(mode: str, bf16: bool, device: torch.device) -> bool:
-    """--channels-last auto: on CPUs (oneDNN's convolutions want NHWC, in fp32 as in bf16: the digits step
-    1.7x and WRN-28-2's 1.13x faster in fp32 on the 2-core EPYC, results/perf.md), on GPUs with bf16 autocast."""
+    """--channels-last auto: on CPUs (oneDNN's convolutions want NHWC, in fp32 as in bf16; docs/performance.md),
+    on GPUs with bf16 autocast."""
     if mode != "auto":
         return mode == "on"
     return device.type == "cpu" or bf16
@@ -93,8 +93,8 @@ def pick_threads(threads: int | None) -> int:
     """CPU threads for a run: `threads` as given, or auto (None): the CPUs other processes leave idle.
 
     Why: torch's OpenMP threads wait for each other at the end of every operation, so when another process
-    holds one of two cores, the thread that shares it makes every operation wait for a time slice (the
-    digits step ran 11x slower with 2 threads than with 1 on a loaded 2-core machine, results/perf.md).
+    holds one of two cores, the thread that shares it makes every operation wait for a time slice (measured in
+    docs/performance.md).
     auto never goes above torch's current count (what OMP_NUM_THREADS or torch.set_num_threads chose).
     """
     if threads is not None:
@@ -113,9 +113,9 @@ def compile_mode(device: torch.device, distributed: bool) -> str | None:
     """torch.compile's mode for a device: "reduce-overhead" (the model's kernels replayed as CUDA graphs) on
     one GPU, inductor's default elsewhere.
 
-    At the paper's batch of 64 a WRN-28-2 step on an H200 is bound by kernel launches: compiling alone gave
-    35.2 ms against 34.7 eager, CUDA graphs 16.0 ms (results/perf.md). Under torchrun DDP's gradient hooks
-    run between the graphs, so several processes keep the default mode.
+    At the paper's batch of 64 a WRN-28-2 step on a GPU is bound by kernel launches, which compiling alone does
+    not remove and CUDA graphs do (docs/performance.md). Under torchrun DDP's gradient hooks run between the
+    graphs, so several processes keep the default mode.
     """
     return "reduce-overhead" if device.type == "cuda" and not distributed else None
 
