@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mixmatch.augment import Augmenter, _reflect, crop_flip, cutout, normalize
+from mixmatch.augment import Augmenter, _reflect, crop_flip, cutout, fastai_augment, normalize
 
 
 def test_reflect_matches_numpy_reflect_padding():
@@ -117,3 +117,44 @@ def test_strong_views_are_k_seeded_views_unlike_the_weak_ones():
     # Cutout takes at least a quarter of the side squared from every view (a corner centre), at most 14^2
     covered = torch.isclose(strong, torch.tensor(gray), atol=1e-5).flatten(2).sum(-1)
     assert (covered >= 7 * 7).all() and (covered <= 14 * 14 + 28 * 28 // 4).all()
+
+
+# ---- the seed's augmentation: fastai's aug_transforms() ---------------------------------------------------
+
+
+def test_fastai_augment_without_its_draws_is_the_image_and_with_them_stays_in_range():
+    images = torch.randint(0, 256, (6, 3, 12, 12), dtype=torch.uint8)
+    plain = fastai_augment(images, flip=False, p_affine=0.0, p_lighting=0.0)
+    torch.testing.assert_close(plain, images.float() / 255, atol=1e-5, rtol=0)  # an identity grid, no lighting
+    torch.manual_seed(0)
+    out = fastai_augment(images)
+    assert out.shape == images.shape and out.dtype == torch.float32 and out.min() >= 0 and out.max() <= 1
+    assert not torch.allclose(out, images.float() / 255, atol=0.05)
+    torch.manual_seed(0)
+    torch.testing.assert_close(fastai_augment(images), out)  # seeded: the same draws
+
+
+def test_fastai_augment_flips_and_only_where_asked():
+    image = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+    image[..., :4] = 255  # the left half white
+    flips = torch.stack([fastai_augment(image, flip=True, p_affine=0.0, p_lighting=0.0) for _ in range(40)])
+    left = flips[..., :4].mean((1, 2, 3, 4))
+    assert ((left > 0.99) | (left < 0.01)).all() and 0 < (left < 0.01).sum() < 40  # whole flips, some of them
+    never = torch.stack([fastai_augment(image, flip=False, p_affine=0.0, p_lighting=0.0) for _ in range(10)])
+    assert (never[..., :4] > 0.99).all()
+
+
+def test_lighting_moves_brightness_in_logit_space_around_the_middle_grey():
+    grey = torch.full((200, 1, 4, 4), 128, dtype=torch.uint8)
+    out = fastai_augment(grey, flip=False, p_affine=0.0, p_lighting=1.0)
+    means = out.mean((1, 2, 3))
+    assert means.min() > 0.35 and means.max() < 0.65 and means.std() > 0.02  # brightness U(0.4, 0.6) around 0.5
+
+
+def test_the_augmenter_takes_a_family_and_refuses_others():
+    mean, std = torch.tensor([0.5]), torch.tensor([0.25])
+    images = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    fastai = Augmenter(mean, std, pad=2, flip=True, family="fastai")
+    assert fastai(images).shape == images.shape and fastai.strong_views(images, 2).shape == (2, 4, 1, 8, 8)
+    with pytest.raises(ValueError, match="unknown augmentation 'autoaugment'; choose one of crop-flip, fastai"):
+        Augmenter(mean, std, pad=2, flip=True, family="autoaugment")

@@ -21,31 +21,33 @@ from mixmatch.config import (
 # The presets as they were typed out one by one before they were built from PAPER: nothing may move but
 # the folder preset (a time budget and the device complete it) and the CPU-scale presets of MNIST and
 # Fashion-MNIST (tuned on a validation split: results/tune-fashion-mnist-cpu).
-# (arch, num_labels, steps, alpha, lambda_u, rampup_steps, eval_every, pad, flip, schedule, alignment, cap)
-PAPER_ROW = ("wrn28_2", 250, 1 << 20, 0.75, 75, 16384, 1024, 4, True, "constant", False, None)
+# (arch, num_labels, steps, alpha, lambda_u, rampup_steps, eval_every, pad, flip, schedule, alignment, cap, mu)
+PAPER_ROW = ("wrn28_2", 250, 1 << 20, 0.75, 75, 16384, 1024, 4, True, "constant", False, None, 7)
 PRESET_TABLE = {
     "default": PAPER_ROW,
     "cifar10": PAPER_ROW,
-    "cifar100": ("wrn28_2", 10000, 1 << 20, 0.75, 150, 16384, 1024, 4, True, "constant", False, None),
-    "svhn": ("wrn28_2", 250, 1 << 20, 0.25, 250, 16384, 1024, 4, False, "constant", False, None),
-    "stl10": ("wrn28_2", 1000, 1 << 20, 0.75, 50, 16384, 1024, 12, True, "constant", False, None),
-    "digits": ("cnn", 50, 5000, 0.75, 75, 2000, 250, 1, False, "constant", False, None),
-    "mnist": ("wrn10_1", 100, 5000, 0.75, 150, 2000, 250, 2, False, "cosine", True, 15),
-    "fashion-mnist": ("wrn10_1", 100, 5000, 0.75, 150, 2000, 250, 2, True, "cosine", True, 15),
-    "svhn-extra": ("wrn28_2", 250, 1 << 20, 0.25, 250, 16384, 1024, 4, False, "constant", False, None),
+    "cifar100": ("wrn28_2", 10000, 1 << 20, 0.75, 150, 16384, 1024, 4, True, "constant", False, None, 7),
+    "svhn": ("wrn28_2", 250, 1 << 20, 0.25, 250, 16384, 1024, 4, False, "constant", False, None, 7),
+    "stl10": ("wrn28_2", 1000, 1 << 20, 0.75, 50, 16384, 1024, 12, True, "constant", False, None, 7),
+    "digits": ("cnn", 50, 5000, 0.75, 75, 2000, 250, 1, False, "constant", False, None, 7),
+    "mnist": ("wrn10_1", 100, 5000, 0.75, 150, 2000, 250, 2, False, "cosine", True, 15, 2),
+    "fashion-mnist": ("wrn10_1", 100, 5000, 0.75, 150, 2000, 250, 2, True, "cosine", True, 15, 2),
+    "svhn-extra": ("wrn28_2", 250, 1 << 20, 0.25, 250, 16384, 1024, 4, False, "constant", False, None, 7),
     # No step count: the device picks the model, schedule and remedy, and a time budget the steps (budget.py).
-    "folder": (None, None, None, 0.75, None, None, None, 4, True, None, None, None),
+    "folder": (None, None, None, 0.75, None, None, None, 4, True, None, None, None, None),
 }
 PRESET_KEYS = (
     "arch", "num_labels", "steps", "alpha", "lambda_u", "rampup_steps", "eval_every", "pad", "flip", "schedule",
-    "distribution_alignment", "max_minutes",
+    "distribution_alignment", "max_minutes", "mu",
 )
+# Every preset's optimiser and augmentation: the paper's (FixMatch's own are its method defaults).
+SHARED = dict(lr=0.002, optimizer="adam", weight_decay=0.02, augment="crop-flip")
 
 
 def test_presets_keep_their_values_and_order():
     assert list(PRESETS) == list(PRESET_TABLE)
     for name, row in PRESET_TABLE.items():
-        assert PRESETS[name] == dict(zip(PRESET_KEYS, row, strict=True)), name
+        assert PRESETS[name] == dict(zip(PRESET_KEYS, row, strict=True), **SHARED), name
     assert PAPER_STEPS == 1048576 and PAPER_RAMPUP_STEPS == 16384
 
 
@@ -71,8 +73,10 @@ def test_choice_fields_are_literals_and_the_cli_offers_exactly_them():
 
     types = field_types()
     literals = {name: typing.get_args(t) for name, t in types.items() if typing.get_origin(t) is typing.Literal}
-    assert set(literals) == {"method", "optimizer", "schedule", "bn_mode", "mix", "amp", "channels_last", "compile"}
-    assert literals["method"] == METHOD_NAMES == ("mixmatch", "supervised", "fully-supervised")
+    assert set(literals) == {
+        "method", "optimizer", "schedule", "bn_mode", "mix", "amp", "channels_last", "compile", "augment"}
+    assert literals["method"] == METHOD_NAMES
+    assert METHOD_NAMES[:3] == ("mixmatch", "supervised", "fully-supervised")
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     offered = {a.dest: tuple(a.choices) for a in train._actions if a.choices is not None}
     assert offered == literals
@@ -104,6 +108,10 @@ BAD_AND_EDGE = {
     "log_every": (0, 1),
     "checkpoint_every": (-1, 0),
     "keep_checkpoints": (0, 1),
+    "threshold": (1.01, 1.0),
+    "vat_epsilon": (0.0, 1e-3),
+    "entropy_weight": (-0.1, 0.0),
+    "mu": (0, 1),
 }
 
 

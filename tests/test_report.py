@@ -54,3 +54,32 @@ def test_a_row_of_runs_of_different_lengths_is_flagged(caplog):
     with caplog.at_level("WARNING", logger="mixmatch.experiments.report"):
         aggregate(runs)
     assert caplog.messages == ["row mixmatch averages runs of different lengths: 10, 2300 steps"]
+
+
+def test_runs_at_several_label_counts_draw_the_papers_figure_2(tmp_path, monkeypatch):
+    from mixmatch.data.images import is_our_figure
+    from mixmatch.experiments import report as report_module
+
+    runs = [
+        *(run(m, s, a + 0.01 * labels / 40, labels=labels) for m, a in (("mixmatch", 0.8), ("vat", 0.7))
+          for labels in (40, 250) for s in (0, 1)),
+        run("fully-supervised", 0, 0.9, labels=60000),
+    ]
+    drawn = {}
+    monkeypatch.setattr(report_module, "read_run", lambda d: next(r for r in runs if r["dir"] == d))
+    monkeypatch.setattr(report_module, "plot_curves", lambda runs, path, key: None)
+    real = report_module.plot_error_against_labels
+    monkeypatch.setattr(report_module, "plot_error_against_labels",
+                        lambda rows, path, title: drawn.update(rows=rows) or real(rows, path, title))
+    for r in runs:
+        r["summary"]["dataset"] = "fashion-mnist"
+        r["dir"] += f"-{r['summary']['num_labels']}"
+    report_module.report([r["dir"] for r in runs], tmp_path)
+    figure = tmp_path / "error-vs-labels.png"
+    assert figure.is_file() and is_our_figure(figure.read_bytes())
+    assert {(r["name"], r["num_labels"]) for r in drawn["rows"]} == {
+        ("mixmatch", 40), ("mixmatch", 250), ("vat", 40), ("vat", 250), ("fully-supervised", 60000)}
+    one_count = [r for r in runs if r["summary"]["num_labels"] in (250, 60000)]
+    (tmp_path / "again").mkdir()
+    report_module.report([r["dir"] for r in one_count], tmp_path / "again")
+    assert not (tmp_path / "again" / "error-vs-labels.png").exists()

@@ -176,8 +176,9 @@ def build_parser() -> OneLineParser:
     compare = commands.add_parser("compare", help="MixMatch and both baselines on the same split: table + plot")
     add_config_flags(compare, skip=("method", "seed", "out"))
     add_settings_flags(compare)
-    compare.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=METHOD_NAMES,
-                         help="methods to train on the same labelled split (default: all three)")
+    compare.add_argument("--methods", nargs="+", default=["mixmatch", "supervised", "fully-supervised"],
+                         choices=[*METHOD_NAMES, "all"], metavar="METHOD",
+                         help="methods on the same labelled split, or all (default: mixmatch and the two baselines)")
     compare.add_argument("--seeds", nargs="+", type=int, default=[0],
                          help="seeds: each picks the labelled split and the run's randomness (default: 0)")
     compare.add_argument("--out", default=None, help="folder for the runs and results (default runs/compare-...)")
@@ -300,7 +301,7 @@ def run_compare(args: argparse.Namespace) -> None:
     configs = [
         config_from_args(args, method=method, seed=seed, out=str(out / f"{method}{tag}-seed{seed}"))
         for seed in args.seeds
-        for method in args.methods
+        for method in run_methods(args)
     ]
     if args.print_config:
         print(json.dumps([cfg.resolved().to_dict() for cfg in configs], indent=2))
@@ -429,6 +430,34 @@ def run_data_info(args: argparse.Namespace) -> None:
         print(f"split written to {args.save_split}")
 
 
+def run_methods(args: argparse.Namespace) -> list[str]:
+    """The methods a train, compare or ablate command trains (compare's `all` spelled out); [] for the others."""
+    if args.command == "train":
+        return [args.method]
+    if args.command == "compare":
+        return list(METHOD_NAMES) if "all" in args.methods else list(dict.fromkeys(args.methods))
+    return ["mixmatch"] if args.command == "ablate" else []
+
+
+def refuse_unread_flags(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    """ValueError, one line, where a flag of one method's own settings is given and no method of the command
+    reads it (`--threshold` beside `--method mixmatch`): it would change nothing, silently."""
+    from .methods import METHODS
+
+    runs = run_methods(args)
+    given = {token.split("=")[0] for token in argv if token.startswith("--")}
+    readers: dict[str, list[str]] = {}
+    for name, cls in METHODS.items():
+        for field in cls.reads:
+            readers.setdefault(field, []).append(name)
+    for field, names in readers.items():
+        if runs and {flag(field), flag(f"no_{field}")} & given and not set(names) & set(runs):
+            raise ValueError(
+                f"only {' and '.join(names) if len(names) < 3 else ', '.join(names)} read {flag(field)}; this "
+                f"command trains {', '.join(runs)}: drop it, or train one of them"
+            )
+
+
 def config_error_line(error: ConfigError, args: argparse.Namespace) -> str:
     """The error in the command's own flag names: `lambda_u must be ...` -> `--lambda-u must be ...`
     (`--seeds`, `--methods` where the command takes a list)."""
@@ -443,6 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .training.distributed import ProcessGroup
     from .training.trainer import TrainingDiverged, TrainingInterrupted
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     # Under torchrun every process meets the same stop or error: rank 0 alone says it.
@@ -450,6 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if getattr(args, "config", None) is not None:
             args = with_settings_file(parser, argv, args)
+        refuse_unread_flags(args, argv)
         args.func(args)
     except TrainingInterrupted as stop:
         if say:

@@ -17,14 +17,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 # The methods' names, in the order tables and --methods list them (mixmatch.methods.METHODS holds the methods).
-MethodName = Literal["mixmatch", "supervised", "fully-supervised"]
+MethodName = Literal[
+    "mixmatch", "supervised", "fully-supervised", "pi-model", "pseudo-label", "mixup", "vat", "mean-teacher", "ict",
+    "fixmatch",
+]
 METHOD_NAMES: tuple[str, ...] = typing.get_args(MethodName)
 # What MixUp mixes (the paper's "all", or an ablation of its table 4) and how X' and U' meet BatchNorm.
 MixMode = Literal["all", "labeled", "unlabeled", "separate"]
 BnMode = Literal["concat", "interleave"]
 
 # The CLI's help groups, in the order --help shows them.
-GROUPS = ("data", "model", "MixMatch", "optimisation", "run")
+GROUPS = ("data", "model", "method", "MixMatch", "other methods", "augmentation", "optimisation", "run")
 
 # Paper (arXiv:1905.02249) section 4 and the official run scripts (google-research/mixmatch runs/*.sh):
 # CIFAR-10 alpha 0.75, lambda_u 75; SVHN alpha 0.25, lambda_u 250; CIFAR-100 lambda_u 150 (runs/table1.sh);
@@ -68,7 +71,7 @@ class TrainConfig:
         "data",
     )
     method: MethodName = _opt(
-        "mixmatch", "mixmatch, supervised (labelled subset only) or fully-supervised (all labels)", "MixMatch"
+        "mixmatch", "mixmatch, a baseline of the paper's comparison, or fixmatch (docs/methods.md)", "method"
     )
     seed: int = _opt(0, "seed of the labelled split and of training", "run")
     arch: str | None = _opt(None, "model: wrn28_2, wrn10_2, wrn10_1 or cnn", "model")
@@ -86,16 +89,18 @@ class TrainConfig:
     batch_size: int = _opt(64, "labelled batch size B; the unlabelled batch is also B, times K views", "optimisation")
     k: int = _opt(2, "augmented views K of each unlabelled image (official nu=2)", "MixMatch")
     temperature: float = _opt(0.5, "sharpening temperature T", "MixMatch")
-    alpha: float | None = _opt(None, "Beta(alpha, alpha) of MixUp; 0 disables mixing", "MixMatch")
-    lambda_u: float | None = _opt(None, "weight of the unlabelled L2 loss after ramp-up", "MixMatch")
-    rampup_steps: int | None = _opt(None, "steps of the linear ramp-up of lambda_u from 0", "MixMatch")
-    pad: int | None = _opt(
-        None, "augmentation: reflect-pad by this many pixels, then crop back at a random offset", "MixMatch"
+    alpha: float | None = _opt(
+        None, "Beta(alpha, alpha) of MixUp (MixMatch, MixUp, ICT); 0 disables mixing", "MixMatch"
     )
-    flip: bool | None = _opt(None, "augmentation: flip images horizontally at random", "MixMatch")
-    lr: float = _opt(0.002, "learning rate (official Adam 0.002)", "optimisation")
-    optimizer: Literal["adam", "sgd"] = _opt("adam", "adam or sgd (Nesterov momentum 0.9)", "optimisation")
-    weight_decay: float = _opt(0.02, "decoupled decay of conv/linear weights, w *= 1 - wd*lr each step", "optimisation")
+    lambda_u: float | None = _opt(None, "weight of the unlabelled loss after its ramp-up (each method's own)", "method")
+    rampup_steps: int | None = _opt(None, "steps of the linear ramp-up of lambda_u from 0", "method")
+    pad: int | None = _opt(None, "reflect-pad by this many pixels, then crop back at a random offset", "augmentation")
+    flip: bool | None = _opt(None, "flip images horizontally at random", "augmentation")
+    lr: float | None = _opt(None, "learning rate (the paper's Adam: 0.002)", "optimisation")
+    optimizer: Literal["adam", "sgd"] | None = _opt(None, "adam or sgd (Nesterov momentum 0.9)", "optimisation")
+    weight_decay: float | None = _opt(
+        None, "decoupled decay of conv/linear weights, w *= 1 - wd*lr each step", "optimisation"
+    )
     ema_decay: float = _opt(0.999, "EMA decay of the evaluated weights; 0 evaluates the raw model", "model")
     ema_warmup: bool = _opt(
         True,
@@ -124,6 +129,17 @@ class TrainConfig:
         False,
         "train on strong views (RandAugment, Cutout) against the weak views' guess (ReMixMatch's)",
         "MixMatch",
+    )
+    threshold: float | None = _opt(None, "confidence from which a guess becomes a pseudo-label", "other methods")
+    vat_epsilon: float | None = _opt(
+        None, "VAT's perturbation size: its L2 norm in the official [-1, 1] pixel units", "other methods"
+    )
+    entropy_weight: float | None = _opt(
+        None, "VAT's weight of entropy minimisation on unlabelled images", "other methods"
+    )
+    mu: int | None = _opt(None, "unlabelled images per labelled one in a step (FixMatch's mu)", "other methods")
+    augment: Literal["crop-flip", "fastai"] | None = _opt(
+        None, "crop-flip (the paper's) or fastai (the seed's: flip, rotate, zoom, warp, lighting)", "augmentation"
     )
     eval_every: int | None = _opt(None, "evaluate the test split every N steps", "run")
     log_every: int = _opt(50, "write training losses to metrics.jsonl every N steps", "run")
@@ -170,7 +186,12 @@ class TrainConfig:
             preset = {k: v for k, v in preset.items() if k not in budgeted}
         if self.steps is not None:  # a step count the user chose is run whole: the preset's cap is for its own
             preset = {k: v for k, v in preset.items() if k != "max_minutes"}
-        values = {k: (preset.get(k) if v is None and k in preset else v) for k, v in dataclasses.asdict(self).items()}
+        values = dataclasses.asdict(self)
+        own = METHOD_DEFAULTS.get(values["method"], {})
+        values.update({k: v for k, v in own.items() if values[k] is None})
+        if values["method"] in METHOD_RAMPUP_SHARE:  # its own share of whatever steps the run has, not the preset's
+            preset = {k: v for k, v in preset.items() if k != "rampup_steps"}
+        values = {k: (preset.get(k) if v is None and k in preset else v) for k, v in values.items()}
         device = DEVICE_DEFAULTS[device_type(values["device"])]
         values.update({k: device[k] for k in DEVICE_FIELDS if values[k] is None})
         if values["out"] is None:
@@ -180,14 +201,16 @@ class TrainConfig:
         return cfg if cfg.steps is None or cfg.minutes is not None else cfg.with_steps(cfg.steps)
 
     def with_steps(self, steps: int, eval_every: int | None = None) -> TrainConfig:
-        """A copy that trains `steps` steps (a time budget's minutes are spent): lambda_u ramps up over
-        RAMPUP_SHARE of them and the test split is evaluated EVALUATIONS times, where the config does not say
-        otherwise (its own ramp-up, its own or the given `eval_every`)."""
+        """A copy that trains `steps` steps (a time budget's minutes are spent): lambda_u ramps up over the
+        method's share of them (METHOD_RAMPUP_SHARE, else RAMPUP_SHARE) and the test split is evaluated
+        EVALUATIONS times, where the config does not say otherwise (its own ramp-up, its own or the given
+        `eval_every`)."""
+        share = METHOD_RAMPUP_SHARE.get(self.method, RAMPUP_SHARE)
         return dataclasses.replace(
             self,
             steps=steps,
             minutes=None,
-            rampup_steps=self.rampup_steps if self.rampup_steps is not None else int(RAMPUP_SHARE * steps),
+            rampup_steps=self.rampup_steps if self.rampup_steps is not None else int(share * steps),
             eval_every=eval_every or self.eval_every or max(1, steps // EVALUATIONS),
         )
 
@@ -319,6 +342,10 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "checkpoint_every": (lambda v: v >= 0, ">= 0"),
     "keep_checkpoints": (lambda v: v >= 1, ">= 1"),
     "threads": (lambda v: v >= 1, ">= 1"),
+    "threshold": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "vat_epsilon": (lambda v: v > 0, "> 0"),
+    "entropy_weight": (lambda v: v >= 0, ">= 0"),
+    "mu": (lambda v: v >= 1, ">= 1"),
 }
 
 # The paper's CIFAR-10 settings (sources above): every preset is this base with what differs.
@@ -335,6 +362,11 @@ PAPER: dict[str, Any] = dict(
     schedule="constant",
     distribution_alignment=False,
     max_minutes=None,
+    lr=0.002,
+    optimizer="adam",
+    weight_decay=0.02,
+    augment="crop-flip",
+    mu=7,
 )
 # Ours, for MNIST-size images on a CPU, tuned on Fashion-MNIST's validation split (--val-fraction 0.1, seed 0;
 # results/tune-fashion-mnist-cpu). Departures from the paper, each one flag away from its setting:
@@ -342,7 +374,8 @@ PAPER: dict[str, Any] = dict(
 # runs decayed after their peak, the cosine ones recover), lambda_u 150 (--lambda-u 75), and ReMixMatch's
 # distribution alignment (--no-distribution-alignment), which keeps the Shirt class in the guesses.
 # A run is capped at 15 minutes: a CPU slower than ours (half of them have no bf16 units) trains fewer steps
-# and says so; --steps runs them all.
+# and says so; --steps runs them all. FixMatch draws 2 unlabelled images per labelled one, not the paper's 7
+# (--mu 7), so that its step costs what MixMatch's does (docs/methods.md has both).
 CPU_SCALE = dict(
     PAPER,
     arch="wrn10_1",
@@ -355,6 +388,7 @@ CPU_SCALE = dict(
     lambda_u=150,
     distribution_alignment=True,
     max_minutes=15,
+    mu=2,
 )
 PRESETS: dict[str, dict[str, Any]] = {
     "default": dict(PAPER),
@@ -383,19 +417,42 @@ PRESETS["folder"] = dict(
     schedule=None,
     lambda_u=None,
     distribution_alignment=None,
+    mu=None,
 )
 
 
 # What the folder preset leaves to the device: on CPUs the CPU-scale settings tuned on Fashion-MNIST (WRN-10-1,
-# cosine learning rate, lambda_u and distribution alignment of CPU_SCALE; WRN-28-2's step is seconds there), on
-# GPUs the paper's.
-DEVICE_FIELDS = ("arch", "schedule", "lambda_u", "distribution_alignment")
+# cosine learning rate, lambda_u, distribution alignment and FixMatch's mu of CPU_SCALE; WRN-28-2's step is seconds
+# there), on GPUs the paper's.
+DEVICE_FIELDS = ("arch", "schedule", "lambda_u", "distribution_alignment", "mu")
 DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
     "cpu": {name: CPU_SCALE[name] for name in DEVICE_FIELDS},
     "cuda": {name: PAPER[name] for name in DEVICE_FIELDS},
 }
 RAMPUP_SHARE = 0.4  # of the steps, where a run's length is its own: the digits preset ramps over 2000 of 5000
 EVALUATIONS = 20  # per run, where a run's length is its own: the paper's statistic is the median of the last 20
+
+
+# Each method's official settings, which stand in for the MixMatch values of a data set's preset (a flag wins over
+# both): google-research/mixmatch runs/table5.sh (the CIFAR-10 comparison) over each file's own flags, and
+# google-research/fixmatch fixmatch.py. The baselines' files also pass --smoothing, which their losses never read.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "pi-model": dict(lambda_u=20),  # pi_model.py --consistency_weight=20
+    "pseudo-label": dict(lambda_u=1, threshold=0.95),  # pseudo_label.py --consistency_weight=1, threshold 0.95
+    "mixup": dict(alpha=0.75, lambda_u=1),  # mixup.py --beta=0.75; its unlabelled loss is added unweighted
+    "vat": dict(lambda_u=0.3, vat_epsilon=6.0, entropy_weight=0.06),  # vat.py vat 0.3, vat_eps 6, entmin_weight
+    "mean-teacher": dict(lambda_u=50, weight_decay=0.2),  # mean_teacher.py --consistency_weight=50 --wd=0.2
+    "ict": dict(lambda_u=1000, alpha=0.75),  # ict.py --consistency_weight=1000 --beta=0.75
+    # fixmatch.py: wu 1, confidence 0.95, uratio 7 (the preset's mu), SGD with Nesterov momentum 0.9 at lr 0.03 and
+    # a cosine schedule; its L2 term of 5e-4 under momentum 0.9 decays the weights as a decoupled 0.005 does.
+    "fixmatch": dict(lambda_u=1, threshold=0.95, optimizer="sgd", lr=0.03, weight_decay=0.005, schedule="cosine"),
+}
+# The share of the steps over which each method ramps its unlabelled loss up, where its own schedule says so:
+# warmup_pos 0.4 of the baselines' files; none in mixup.py and fixmatch.py. MixMatch and the supervised baselines
+# take the preset's ramp-up (the paper's 16384 steps, or RAMPUP_SHARE of a budget's).
+METHOD_RAMPUP_SHARE: dict[str, float] = {
+    "pi-model": 0.4, "pseudo-label": 0.4, "vat": 0.4, "mean-teacher": 0.4, "ict": 0.4, "mixup": 0.0, "fixmatch": 0.0,
+}
 
 
 def device_type(device: str) -> str:

@@ -82,7 +82,7 @@ def aggregate(runs: list[dict[str, Any]], key: str = "method") -> list[dict[str,
                 median_std=statistics.stdev(median) if len(median) > 1 else 0.0,
                 wall_seconds_mean=statistics.fmean(wall),
                 steps=members[0]["summary"]["steps"],
-                methods={m["config"]["method"] for m in members},
+                methods=sorted({m["config"]["method"] for m in members}),
             )
         )
     return _gap_closed(rows)
@@ -93,8 +93,8 @@ def _gap_closed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     `gap_closed`, (mean acc - mean labelled-only) / (mean fully supervised - mean labelled-only): the share
     of what all the labels would add that the unlabelled images gave; and `above_baseline_every_seed`,
     whether each run beat the labelled-only run of its seed."""
-    plain = [{k: v for k, v in r.items() if k != "methods"} for r in rows]
-    found = {m: [r for r in rows if r["methods"] == {m}] for m in ("supervised", "fully-supervised")}
+    plain = [dict(r) for r in rows]
+    found = {m: [r for r in rows if r["methods"] == [m]] for m in ("supervised", "fully-supervised")}
     if any(len(f) != 1 for f in found.values()):
         return plain
     sup, full = found["supervised"][0], found["fully-supervised"][0]
@@ -168,8 +168,37 @@ def plot_curves(runs: list[dict[str, Any]], path: str | Path, key: str = "method
     plt.close(fig)
 
 
+def plot_error_against_labels(rows: list[dict[str, Any]], path: str | Path, title: str) -> None:
+    """The paper's figure 2: test error (%) against the number of labels (log scale), one line per row name with
+    the spread over seeds as error bars; a row trained on every label (fully supervised) is a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = sorted({r["num_labels"] for r in rows})
+    ceiling = [r for r in rows if r["num_labels"] == max(counts) and "fully-supervised" in r["methods"]]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, name in enumerate(dict.fromkeys(r["name"] for r in rows if r not in ceiling)):
+        mine = sorted((r for r in rows if r["name"] == name), key=lambda r: r["num_labels"])
+        ax.errorbar([r["num_labels"] for r in mine], [100 * (1 - r["accuracy_mean"]) for r in mine],
+                    yerr=[100 * r["accuracy_std"] for r in mine], marker="o", capsize=3, color=f"C{i}", label=name)
+    for r in ceiling:
+        ax.axhline(100 * (1 - r["accuracy_mean"]), color="grey", ls="--", label=f"{r['name']} ({r['num_labels']})")
+    ax.set_xscale("log")
+    labelled = [c for c in counts if all(c != r["num_labels"] for r in ceiling)]
+    ax.set_xticks(labelled, [str(c) for c in labelled])
+    ax.set(xlabel="number of labelled images", ylabel="test error (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    runfolder.save_figure(fig, path, dpi=110)
+    plt.close(fig)
+
+
 def report(run_dirs: list[str | Path], out: str | Path | None = None, key: str = "method") -> str:
-    """Markdown table of the runs; with `out`, also writes results.md, results.json and curves.png there."""
+    """Markdown table of the runs; with `out`, also writes results.md, results.json and curves.png there, and
+    where the runs have several numbers of labels, error-vs-labels.png (the paper's figure 2)."""
     runs = [read_run(d) for d in run_dirs]
     rows = aggregate(runs, key)
     table = markdown_table(rows, key)
@@ -178,4 +207,7 @@ def report(run_dirs: list[str | Path], out: str | Path | None = None, key: str =
         runfolder.write_text(out / "results.md", table + "\n")
         runfolder.write_json(out / runfolder.RESULTS_JSON, rows)
         plot_curves(runs, out / "curves.png", key)
+        if len({r["num_labels"] for r in rows if "fully-supervised" not in r["methods"]}) > 1:
+            dataset = runs[0]["summary"]["dataset"]
+            plot_error_against_labels(rows, out / "error-vs-labels.png", f"{dataset}: test error against labels")
     return table

@@ -6,8 +6,15 @@ from typing import TYPE_CHECKING
 
 from ..config import METHOD_NAMES
 from .base import Batch, Context, Losses, Method
+from .fixmatch import FixMatch
+from .ict import ICT
+from .mean_teacher import MeanTeacher
 from .mixmatch import MixMatchStep
+from .mixup import MixUp
+from .pi_model import PiModel
+from .pseudo_label import PseudoLabel
 from .supervised import FullySupervised, Supervised
+from .vat import VAT
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -16,7 +23,10 @@ if TYPE_CHECKING:
 
     from ..config import TrainConfig
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (MixMatchStep, Supervised, FullySupervised)}
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls
+    for cls in (MixMatchStep, Supervised, FullySupervised, PiModel, PseudoLabel, MixUp, VAT, MeanTeacher, ICT, FixMatch)
+}
 assert tuple(METHODS) == METHOD_NAMES, "config.METHOD_NAMES lists the registry's methods, in its order"
 
 
@@ -31,5 +41,7 @@ def build_method(
     return METHODS[config.method].from_config(config, labeled_y=labeled_y, num_classes=num_classes, average=average)
 
 
-__all__ = ["METHODS", "Batch", "Context", "FullySupervised", "Losses", "Method", "MixMatchStep", "Supervised",
-           "build_method"]
+__all__ = [
+    "ICT", "METHODS", "VAT", "Batch", "Context", "FixMatch", "FullySupervised", "Losses", "MeanTeacher", "Method",
+    "MixMatchStep", "MixUp", "PiModel", "PseudoLabel", "Supervised", "build_method",
+]

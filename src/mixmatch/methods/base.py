@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..algorithm import linear_rampup
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -70,7 +73,7 @@ class Method:
     ones of the trainer, so that a flag no method of a run reads is named), and implement `batch_loss`.
     `uses_unlabeled`: the Trainer draws `unlabeled_ratio` * B unlabelled images a step; `all_labels`: it
     labels every training image, not the labelled subset (fully supervised); `in_paper`: in MixMatch's
-    comparison (its table 1 and figure 2).
+    comparison (its table 1 and figure 2); `needs_teacher`: the Context's teacher (the EMA) must exist.
     """
 
     name: ClassVar[str]
@@ -78,6 +81,7 @@ class Method:
     uses_unlabeled: ClassVar[bool] = True
     all_labels: ClassVar[bool] = False
     in_paper: ClassVar[bool] = True
+    needs_teacher: ClassVar[bool] = False
     unlabeled_ratio: int = 1
 
     @classmethod
@@ -112,3 +116,40 @@ class Method:
 def zero_like(loss: Tensor) -> Tensor:
     """A zero scalar on `loss`'s device, for the part of the loss a method does not have."""
     return torch.zeros((), device=loss.device)
+
+
+def labelled_loss_and_views(ctx: Context, batch: Batch, k: int) -> tuple[Tensor, Tensor]:
+    """The labelled batch's cross-entropy from the step's first forward pass (`labelled_loss`), and k augmented
+    views (k, B_u, C, H, W) of the unlabelled images, all augmented in one call."""
+    x, views = ctx.augment.batch_and_views(batch.x, batch.u, k)
+    return labelled_loss(ctx, x, batch.y), views
+
+
+def labelled_loss(ctx: Context, x: Tensor, y: Tensor) -> Tensor:
+    """Cross-entropy of the augmented labelled batch x (B, C, H, W) with classes y (B,), from the step's first
+    forward pass: the one pass that moves BatchNorm's running statistics. The official baselines collect their
+    BatchNorm updates after this call alone (pi_model.py: "Take only first call to update batch norm"), so a
+    method runs its unlabelled passes under `algorithm.frozen_batchnorm_stats` after it."""
+    with ctx.autocast():
+        logits = ctx.forward(x)
+    return F.cross_entropy(logits.float(), y)
+
+
+
+class WeightedUnlabelledLoss(Method):
+    """A method whose unlabelled loss is weighted by lambda_u, ramped up linearly over `rampup_steps` (the
+    baselines' warmup_pos share of the steps, config.METHOD_RAMPUP_SHARE): the shared part of the baselines."""
+
+    reads: ClassVar[tuple[str, ...]] = ("lambda_u", "rampup_steps")
+
+    def __init__(self, lambda_u: float, rampup_steps: int):
+        if lambda_u < 0:
+            raise ValueError(f"lambda_u must be >= 0, got {lambda_u}")
+        self.lambda_u, self.rampup_steps = lambda_u, rampup_steps
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, **context: Any) -> Method:
+        return cls(**{name: getattr(config, name) for name in cls.reads})
+
+    def lambda_u_at(self, step: int) -> float:
+        return self.lambda_u * linear_rampup(step, self.rampup_steps)

@@ -120,6 +120,10 @@ class Trainer:
 
     def _build_method(self) -> Method:
         """The run's method (mixmatch.methods), on the labelled subset as it stands."""
+        if METHODS[self.config.method].needs_teacher and self.ema is None:
+            raise ConfigError(
+                "ema_decay", f"{self.config.method}'s teacher is the EMA of the weights: ema_decay must be above 0"
+            )
         return build_method(
             self.config, labeled_y=self.labeled_y, num_classes=self.data.num_classes, average=self.dist.average
         )
@@ -153,7 +157,9 @@ class Trainer:
         self.unlabeled_x = pool.to(self.device) if METHODS[cfg.method].uses_unlabeled else None
 
         mean, std = self.data.channel_stats()
-        self.augment = Augmenter(mean.to(self.device), std.to(self.device), cfg.pad, cfg.flip, self.channels_last)
+        self.augment = Augmenter(
+            mean.to(self.device), std.to(self.device), cfg.pad, cfg.flip, self.channels_last, family=cfg.augment
+        )
 
     def _label(self, split: Tensor) -> None:
         """Train on the labelled subset `split` (indices into the training images; all of them fully supervised)."""
