@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from mixmatch.data import ImageDataset, load_dataset
@@ -66,3 +67,24 @@ class LookupModel(nn.Module):
 
     def forward(self, x):
         return self.table[x[:, 0, 0, 0].long()]
+
+
+def photo_folder(root, classes=("a", "b", "c"), per_class=6, unlabelled=12, size=40):
+    """RGB photos of three colours with noise: labeled/<class>/, test/<class>/ and unlabeled/."""
+    g = torch.Generator().manual_seed(0)
+    colours = {"a": (200, 40, 40), "b": (40, 200, 40), "c": (40, 40, 200)}
+
+    def photo(colour):
+        base = torch.tensor(colour).view(3, 1, 1).expand(3, size, size).float()
+        pixels = (base + 30 * torch.randn(3, size, size, generator=g)).clamp(0, 255).to(torch.uint8)
+        return Image.fromarray(pixels.permute(1, 2, 0).numpy())
+
+    for split, n in (("labeled", per_class), ("test", per_class // 2)):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                photo(colours[c]).save(root / split / c / f"{i}.png")
+    (root / "unlabeled").mkdir()
+    for i in range(unlabelled):
+        photo(colours[classes[i % len(classes)]]).save(root / "unlabeled" / f"{i}.png")
+    return root

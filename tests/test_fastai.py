@@ -6,6 +6,7 @@ import random
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from fastai.callback.core import (  # noqa: E402
 )
 from fastai.torch_core import TensorImage  # noqa: E402
 
+from conftest import photo_folder  # noqa: E402
 from mixmatch import algorithm  # noqa: E402
 from mixmatch.augment import Augmenter  # noqa: E402
 from mixmatch.config import TrainConfig  # noqa: E402
@@ -415,3 +417,22 @@ def test_a_pool_that_is_no_image_batch_or_already_scaled_is_one_line(tmp_path, d
         learn.fit(1, 1e-3)
     assert "are torch.float32, and the training loader's IntToFloatTensor divides them by 255 as if raw: give raw " \
         "uint8 images" in str(caught.value)
+
+
+@pytest.mark.slow
+def test_the_notebook_flow_vision_learner_aug_transforms_and_the_callback(tmp_path):
+    """vision_learner(dls, resnet18) with aug_transforms() and MixMatchCallback over a folder's unlabelled photos,
+    offline (pretrained=False): fine_tune trains and the callback runs every batch."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from fastai_vision_learner import mixmatch_vision_learner
+
+    root = photo_folder(tmp_path / "photos")
+    learn = mixmatch_vision_learner(root, "resnet18", pretrained=False, size=32, bs=6, lambda_u=75.0,
+                                    rampup_steps=4)
+    with learn.no_bar(), learn.no_logging():
+        learn.fine_tune(1)
+    callback = learn.mix_match
+    assert callback.steps_done == 6 and callback.lambda_u_now > 0  # 3 batches frozen, 3 unfrozen
+    assert callback.unlabeled_dl.shape == (12, 3, 32, 32) and callback.unlabeled_dl.dtype == torch.uint8
+    valid_loss, accuracy = learn.validate()
+    assert math.isfinite(valid_loss) and 0 <= accuracy <= 1

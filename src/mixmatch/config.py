@@ -55,7 +55,9 @@ class TrainConfig:
     download: bool = _opt(False, "let torchvision download a missing data set into --data-dir", "data")
     labels_csv: str | None = _opt(None, "--dataset folder: CSV of `file,label` rows naming the labelled images", "data")
     test_csv: str | None = _opt(None, "--dataset folder: CSV of `file,label` rows naming the test images", "data")
-    image_size: int = _opt(32, "--dataset folder: images are scaled and centre-cropped to this square size", "data")
+    image_size: int | None = _opt(
+        None, "--dataset folder: images are scaled and centre-cropped to this side (32; pretrained: theirs)", "data"
+    )
     strict_images: bool = _opt(
         False, "--dataset folder: refuse unreadable image files instead of skipping them", "data"
     )
@@ -74,7 +76,14 @@ class TrainConfig:
         "mixmatch", "mixmatch, a baseline of the paper's comparison, or fixmatch (docs/methods.md)", "method"
     )
     seed: int = _opt(0, "seed of the labelled split and of training", "run")
-    arch: str | None = _opt(None, "model: wrn28_2, wrn10_2, wrn10_1 or cnn", "model")
+    arch: str | None = _opt(
+        None, "model: wrn28_2, wrn10_2, wrn10_1, cnn, a torchvision model (resnet18, ...) or timm/<name>", "model"
+    )
+    pretrained: bool = _opt(False, "start a torchvision or timm backbone from its library's pretrained weights",
+                            "model")
+    weights: str | None = _opt(
+        None, "start a backbone from this state dict (.pt, .pth or .safetensors); the classifier is replaced", "model"
+    )
     steps: int | None = _opt(None, f"training steps (the official full schedule is {PAPER_STEPS})", "optimisation")
     minutes: float | None = _opt(
         None,
@@ -194,6 +203,13 @@ class TrainConfig:
         values = {k: (preset.get(k) if v is None and k in preset else v) for k, v in values.items()}
         device = DEVICE_DEFAULTS[device_type(values["device"])]
         values.update({k: device[k] for k in DEVICE_FIELDS if values[k] is None})
+        if values["image_size"] is None:
+            values["image_size"] = 32
+            if values["dataset"] == "folder" and (values["pretrained"] or values["weights"]):  # at the weights' size
+                from .models.backbones import is_backbone, spec
+
+                if values["arch"] is not None and is_backbone(values["arch"]):
+                    values["image_size"] = spec(values["arch"]).image_size
         if values["out"] is None:
             labels = values["num_labels"] or "all"
             values["out"] = f"runs/{values['dataset']}-{values['method']}-{labels}-{values['seed']}"
@@ -251,11 +267,20 @@ class TrainConfig:
                     shown = int(value) if isinstance(value, float) and value.is_integer() else value
                     raise ConfigError(name, f"{name} must be {rule}, got {shown}")
         if self.arch is not None:
-            from .models import ARCHITECTURES
+            from .models import ARCHITECTURES, known
+            from .models.backbones import timm_missing
 
-            if self.arch not in ARCHITECTURES:
-                choices = ", ".join(ARCHITECTURES)
-                raise ConfigError("arch", f"unknown architecture {self.arch!r}; choose one of {choices}")
+            if missing := timm_missing(self.arch):
+                raise ConfigError("arch", missing)
+            if not known(self.arch):
+                raise ConfigError(
+                    "arch", f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}, a "
+                    "torchvision classification model (resnet18, efficientnet_b0, ...) or timm/<name>"
+                )
+            if (self.pretrained or self.weights) and self.arch in ARCHITECTURES:
+                raise ConfigError(
+                    "pretrained", f"pretrained weights are for torchvision and timm backbones, not {self.arch}"
+                )
         return self
 
     def to_dict(self) -> dict[str, Any]:

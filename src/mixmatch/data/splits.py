@@ -62,7 +62,10 @@ def load_for_config(cfg: TrainConfig) -> ImageDataset:
     options = {}
     if cfg.dataset == "folder":
         options = dict(
-            labels_csv=cfg.labels_csv, test_csv=cfg.test_csv, image_size=cfg.image_size, strict=cfg.strict_images
+            labels_csv=cfg.labels_csv,
+            test_csv=cfg.test_csv,
+            image_size=cfg.image_size if cfg.image_size is not None else cfg.resolved().image_size,
+            strict=cfg.strict_images,
         )
     elif cfg.labels_csv or cfg.test_csv:
         raise DataError("--labels-csv and --test-csv are for --dataset folder only")

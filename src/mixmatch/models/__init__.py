@@ -1,6 +1,9 @@
-"""Model registry: build a model by name for a data set's shape."""
+"""Model registry: build a model by name for a data set's shape: ours (WRN-28-2, WRN-10-x, a small CNN), or a
+torchvision or timm backbone (`backbones`)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from torch import nn
 
@@ -10,17 +13,50 @@ from .wrn import WideResNet, wrn10_1, wrn10_2, wrn28_2
 ARCHITECTURES = ("wrn28_2", "wrn10_2", "wrn10_1", "cnn")
 
 
-def build_model(arch: str, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    """A freshly initialised model; raises ValueError for an unknown name."""
-    if arch == "wrn28_2":
-        return wrn28_2(num_classes, in_channels)
-    if arch == "wrn10_1":
-        return wrn10_1(num_classes, in_channels)
-    if arch == "wrn10_2":
-        return wrn10_2(num_classes, in_channels)
-    if arch == "cnn":
+def known(arch: str) -> bool:
+    """Whether `arch` names one of ours, a torchvision classification model or (timm installed) `timm/<name>`."""
+    from .backbones import TIMM, is_backbone
+
+    return arch in ARCHITECTURES or arch.startswith(TIMM) or is_backbone(arch)
+
+
+def build_model(
+    arch: str,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    *,
+    pretrained: bool = False,
+    weights_file: str | Path | None = None,
+) -> nn.Module:
+    """A model for images (in_channels, image_size, image_size) of num_classes classes: ours freshly initialised, or a
+    backbone (`backbones.build_backbone`) random, pretrained or from `weights_file`. Raises ValueError for an unknown
+    name, BackboneError (a ValueError) for weights that cannot be had or do not fit, or pretrained weights asked of
+    one of ours."""
+    if arch in ARCHITECTURES:
+        if pretrained or weights_file is not None:
+            from .backbones import BackboneError
+
+            raise BackboneError(f"{arch} has no pretrained weights: --pretrained and --weights are for torchvision "
+                                "and timm backbones (--arch resnet18, timm/...)")
+        if arch == "wrn28_2":
+            return wrn28_2(num_classes, in_channels)
+        if arch == "wrn10_1":
+            return wrn10_1(num_classes, in_channels)
+        if arch == "wrn10_2":
+            return wrn10_2(num_classes, in_channels)
         return SmallCNN(num_classes, in_channels, image_size)
-    raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    from .backbones import build_backbone, is_backbone, timm_missing
+
+    missing = timm_missing(arch)
+    if missing:
+        raise ValueError(missing)
+    if not is_backbone(arch):
+        raise ValueError(
+            f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}, a torchvision classification "
+            "model (resnet18, efficientnet_b0, ...) or timm/<name>"
+        )
+    return build_backbone(arch, num_classes, in_channels, pretrained=pretrained, weights_file=weights_file)
 
 
-__all__ = ["ARCHITECTURES", "SmallCNN", "WideResNet", "build_model", "wrn10_1", "wrn10_2", "wrn28_2"]
+__all__ = ["ARCHITECTURES", "SmallCNN", "WideResNet", "build_model", "known", "wrn10_1", "wrn10_2", "wrn28_2"]

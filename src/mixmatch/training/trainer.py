@@ -29,7 +29,7 @@ from ..data.dataset import ImageDataset
 from ..data.splits import choose_split, data_digest, load_for_config, read_split, recorded_data_digest, save_split
 from ..ema import EMA
 from ..methods import METHODS, Batch, Losses, Method, build_method
-from ..models import build_model
+from ..models import backbones, build_model
 from . import budget, checkpoint
 from .distributed import ProcessGroup
 from .distributed import stop as stop_process_group
@@ -157,6 +157,9 @@ class Trainer:
         self.unlabeled_x = pool.to(self.device) if METHODS[cfg.method].uses_unlabeled else None
 
         mean, std = self.data.channel_stats()
+        if cfg.pretrained or cfg.weights:  # pretrained weights expect the normalisation they were trained with
+            channels = self.data.shape[0]
+            mean, std = (torch.tensor(v) for v in backbones.spec(cfg.arch).for_channels(channels))
         self.augment = Augmenter(
             mean.to(self.device), std.to(self.device), cfg.pad, cfg.flip, self.channels_last, family=cfg.augment
         )
@@ -173,7 +176,9 @@ class Trainer:
         """The model (memory format, SyncBatchNorm), its EMA, and the forward pass (DDP, torch.compile)."""
         cfg = self.config
         channels, size = self.data.shape[0], self.data.shape[1]
-        self.model = build_model(cfg.arch, self.data.num_classes, channels, size).to(self.device)
+        self.model = build_model(
+            cfg.arch, self.data.num_classes, channels, size, pretrained=cfg.pretrained, weights_file=cfg.weights
+        ).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.sync_bn and self.dist.enabled:
@@ -314,7 +319,14 @@ class Trainer:
             mean=self.augment.mean.tolist(),
             std=self.augment.std.tolist(),
             dataset=self.config.dataset,
+            weights_source=self._weights_source(),
         )
+
+    def _weights_source(self) -> str:
+        """Where the model's starting weights came from, for model.json: random, pretrained:ARCH, or the file."""
+        if self.config.weights:
+            return str(Path(self.config.weights).resolve())
+        return f"pretrained:{self.config.arch}" if self.config.pretrained else "random"
 
     def state_dict(self) -> dict[str, Any]:
         """Everything that changes during a run, for an exact resume. Under torchrun every process calls it."""

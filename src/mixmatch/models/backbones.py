@@ -1,0 +1,214 @@
+"""Backbones of other libraries: torchvision's classification models by name, and timm's as `timm/<name>`.
+
+A backbone is built for a data set as the library builds it for ImageNet, then fitted: its first convolution takes
+the data's channels (grey images: the three input channels' weights summed, as timm's `adapt_input_conv` does) and
+its classifier (the last layer with 1000 outputs) is replaced by a fresh one of the data's classes. Its weights come
+from nowhere (random), from the library's pretrained default (`pretrained`: torch's or Hugging Face's cache, or a
+download where the machine has a network), or from a local file (`weights_file`: a state dict, torch.save'd or
+safetensors, of the same architecture). Pretrained weights bring their own normalisation and image size
+(`BackboneSpec`). timm is an optional extra (`pip install "mixmatch[timm]"`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+TIMM = "timm/"
+IMAGENET_CLASSES = 1000
+
+
+class BackboneError(ValueError):
+    """A backbone that cannot be built or loaded as asked (unknown name, weights missing or of another model);
+    one line."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What a backbone's pretrained weights expect: per-channel mean and std of [0, 1] RGB images, and the side of
+    the square images they were trained at."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: int
+
+    def for_channels(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) for images of `channels` channels: grey images take the mean of the three."""
+        if channels == len(self.mean):
+            return self.mean, self.std
+        return (sum(self.mean) / len(self.mean),), (sum(self.std) / len(self.std),)
+
+
+def torchvision_names() -> list[str]:
+    """torchvision's classification models (`torchvision.models.list_models(module=torchvision.models)`)."""
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def is_backbone(arch: str) -> bool:
+    """Whether `arch` names a torchvision classification model or a timm one (`timm/<name>`, timm installed)."""
+    if arch.startswith(TIMM):
+        try:
+            import timm
+        except ModuleNotFoundError:
+            return False
+        return timm.is_model(arch[len(TIMM) :])
+    return arch in torchvision_names()
+
+
+def timm_missing(arch: str) -> str | None:
+    """Why `timm/<name>` cannot be built here (timm not installed), or None."""
+    if not arch.startswith(TIMM):
+        return None
+    try:
+        import timm  # noqa: F401
+    except ModuleNotFoundError:
+        return f'{arch} needs timm, which is not installed: pip install "mixmatch[timm]"'
+    return None
+
+
+def spec(arch: str) -> BackboneSpec:
+    """The normalisation and image size of `arch`'s default pretrained weights (read from the library's metadata;
+    nothing is downloaded)."""
+    if arch.startswith(TIMM):
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(arch[len(TIMM) :])
+        return BackboneSpec(tuple(cfg.mean), tuple(cfg.std), int(cfg.input_size[-1]))
+    import torchvision
+
+    transforms = torchvision.models.get_model_weights(arch).DEFAULT.transforms()
+    return BackboneSpec(tuple(transforms.mean), tuple(transforms.std), int(transforms.crop_size[0]))
+
+
+def build_backbone(
+    arch: str, num_classes: int, in_channels: int, pretrained: bool = False, weights_file: str | Path | None = None
+) -> nn.Module:
+    """`arch` fitted to images of `in_channels` channels and `num_classes` classes, its weights random, pretrained
+    (the library's default) or from `weights_file`. Raises BackboneError, one line, where the weights cannot be had
+    (no network and nothing cached: which file to put where) or do not fit the architecture (the keys that differ)."""
+    timm_name = arch.removeprefix(TIMM)
+    model = _timm_model(timm_name, pretrained) if timm_name != arch else _torchvision_model(arch, pretrained)
+    if weights_file is not None:
+        _load_file(model, arch, Path(weights_file))
+    _fit_input(model, in_channels, arch)
+    _replace_head(model, num_classes, arch)
+    return model
+
+
+def _torchvision_model(arch: str, pretrained: bool) -> nn.Module:
+    import torchvision
+
+    if not pretrained:
+        return torchvision.models.get_model(arch, weights=None)
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    try:
+        return torchvision.models.get_model(arch, weights=weights)
+    except Exception as error:  # urllib's, socket's and http's errors where there is no network
+        if cached.is_file():
+            raise
+        reason = " ".join(str(error).split())[:80]
+        raise BackboneError(
+            f"--pretrained: {arch}'s weights are not in torch's cache and cannot be downloaded here ({reason}): put "
+            f"{weights.url} at {cached}, or give --weights PATH"
+        ) from None
+
+
+def _timm_model(name: str, pretrained: bool) -> nn.Module:
+    import timm
+
+    if not pretrained:
+        return timm.create_model(name, pretrained=False)
+    try:
+        return timm.create_model(name, pretrained=True)
+    except Exception as error:  # Hugging Face hub's errors where there is no network and nothing cached
+        cfg = timm.models.get_pretrained_cfg(name)
+        where = cfg.hf_hub_id or cfg.url or "its source"
+        reason = " ".join(str(error).split())[:80]
+        raise BackboneError(
+            f"--pretrained: timm/{name}'s weights are not in the Hugging Face cache and cannot be downloaded here "
+            f"({reason}): fetch {where} on a machine with a network (HF_HOME holds the cache), or give --weights PATH"
+        ) from None
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a safetensors file, or from a torch.save'd one (weights only: no code is run), unwrapped
+    from a {"state_dict": ...} or {"model": ...} record and from DistributedDataParallel's "module." prefix."""
+    if not path.is_file():
+        raise BackboneError(f"--weights {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a damaged file or one holding code: torch's and safetensors' many error types
+        reason = " ".join(str(error).split())[:120]
+        raise BackboneError(f"--weights {path} is not a state dict that loads safely ({reason})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BackboneError(f"--weights {path} holds no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_file(model: nn.Module, arch: str, path: Path) -> None:
+    """Load `path` into the ImageNet-shaped `model`; its classifier may be of any size (it is replaced next)."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    head = {name for name in own if name.startswith(_head_name(model) + ".")}
+    missing = sorted(set(own) - set(state) - head)
+    unexpected = sorted(set(state) - set(own))
+    misshapen = sorted(k for k in set(own) & set(state) - head if own[k].shape != state[k].shape)
+    if missing or unexpected or misshapen:
+        parts = [f"{label} {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''} ({len(keys)})"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("of other shapes", misshapen))
+                 if keys]
+        raise BackboneError(f"--weights {path} does not fit {arch}: {'; '.join(parts)}")
+    model.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
+
+
+def _head_name(model: nn.Module) -> str:
+    """The classifier: the last Linear (or 1x1 Conv2d) layer with ImageNet's 1000 outputs, by its module name."""
+    heads = [name for name, m in model.named_modules()
+             if (isinstance(m, nn.Linear) and m.out_features == IMAGENET_CLASSES)
+             or (isinstance(m, nn.Conv2d) and m.out_channels == IMAGENET_CLASSES)]
+    if not heads:
+        raise BackboneError("this backbone has no layer of 1000 outputs to replace by the data's classifier")
+    return heads[-1]
+
+
+def _replace_head(model: nn.Module, num_classes: int, arch: str) -> None:
+    if arch.startswith(TIMM):
+        model.reset_classifier(num_classes)
+        return
+    name = _head_name(model)
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, child)
+    if isinstance(old, nn.Linear):
+        new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    else:
+        new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, old.stride, bias=old.bias is not None)
+    setattr(parent, child, new)
+
+
+def _fit_input(model: nn.Module, in_channels: int, arch: str) -> None:
+    """Give the first convolution `in_channels` inputs: grey images sum the three channels' weights (an image of
+    equal R, G and B gives the pretrained response); other counts are refused."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None or first.in_channels == in_channels:
+        return
+    if in_channels != 1 or first.in_channels != 3:
+        raise BackboneError(f"{arch} takes {first.in_channels}-channel images; these have {in_channels}")
+    with torch.no_grad():
+        first.weight = nn.Parameter(first.weight.sum(1, keepdim=True))
+    first.in_channels = 1

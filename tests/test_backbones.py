@@ -1,0 +1,131 @@
+"""Backbones of torchvision and timm: built for the data's channels and classes, started from a weights file or the
+library's pretrained weights (one line where those cannot be had), normalised as their weights were, exported."""
+
+import json
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+
+from conftest import photo_folder
+from mixmatch.cli import main
+from mixmatch.config import ConfigError, TrainConfig
+from mixmatch.models import build_model
+from mixmatch.models.backbones import BackboneError, build_backbone, spec
+from mixmatch.training.trainer import Trainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return photo_folder(tmp_path_factory.mktemp("photos") / "photos")
+
+
+@pytest.fixture(scope="module")
+def resnet18_file(tmp_path_factory):
+    """An ImageNet-shaped ResNet-18 state dict, saved as a user's file would be (torch.save)."""
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    torch.manual_seed(7)
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path
+
+
+def test_a_backbone_takes_the_datas_channels_and_classes_and_its_files_weights(resnet18_file):
+    saved = torch.load(resnet18_file, weights_only=True)
+    model = build_model("resnet18", 5, 1, 32, weights_file=resnet18_file)
+    assert model.fc.out_features == 5 and model.conv1.in_channels == 1
+    torch.testing.assert_close(model.conv1.weight, saved["conv1.weight"].sum(1, keepdim=True))  # grey: RGB summed
+    assert torch.equal(model.layer3[1].conv2.weight, saved["layer3.1.conv2.weight"])
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 5)
+    rgb = build_backbone("resnet18", 7, 3)
+    assert rgb.fc.out_features == 7 and rgb.conv1.in_channels == 3
+    head = build_backbone("efficientnet_b0", 4, 3)
+    assert head.classifier[-1].out_features == 4
+
+
+def test_a_weights_file_of_another_architecture_or_no_state_dict_is_one_line(resnet18_file, tmp_path):
+    with pytest.raises(BackboneError, match=r"^--weights .*resnet18.pth does not fit resnet34: missing layer1\.2\."):
+        build_model("resnet34", 3, 3, 32, weights_file=resnet18_file)
+    (tmp_path / "notes.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(BackboneError, match="is not a state dict that loads safely"):
+        build_model("resnet18", 3, 3, 32, weights_file=tmp_path / "notes.pth")
+    with pytest.raises(BackboneError, match="nope.pth does not exist"):
+        build_model("resnet18", 3, 3, 32, weights_file=tmp_path / "nope.pth")
+    with pytest.raises(BackboneError, match="cnn has no pretrained weights"):
+        build_model("cnn", 3, 3, 32, pretrained=True)
+
+
+def test_pretrained_without_a_network_or_a_cached_file_says_which_file_to_put_where(tmp_path, monkeypatch, cli_error):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    line = cli_error("train", "--arch", "resnet18", "--pretrained", "--steps", "1", "--out", str(tmp_path / "run"))
+    expected = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert line == ("mixmatch: error: --pretrained: resnet18's weights are not in torch's cache and cannot be "
+                    "downloaded here (<urlopen error no network>): put "
+                    f"https://download.pytorch.org/models/resnet18-f37072fd.pth at {expected}, or give --weights PATH")
+
+
+def test_pretrained_weights_bring_their_normalisation_and_image_size(photos, resnet18_file):
+    imagenet = spec("resnet18")
+    assert (imagenet.mean, imagenet.image_size) == ((0.485, 0.456, 0.406), 224)
+    cfg = TrainConfig(dataset="folder", data_dir=str(photos), arch="resnet18", weights=str(resnet18_file))
+    assert cfg.resolved().image_size == 224  # a folder is read at the weights' size ...
+    assert TrainConfig(**{**cfg.to_dict(), "image_size": 64}).resolved().image_size == 64  # ... unless given
+    assert TrainConfig(dataset="folder", arch="resnet18").resolved().image_size == 32  # random weights: ours
+    assert TrainConfig(dataset="digits", arch="resnet18", pretrained=True).resolved().image_size == 32
+    with pytest.raises(ConfigError, match="pretrained weights are for torchvision and timm backbones, not wrn10_1"):
+        TrainConfig(arch="wrn10_1", pretrained=True).validate()
+    with pytest.raises(ConfigError, match="unknown architecture 'resnet1800'; choose one of wrn28_2"):
+        TrainConfig(arch="resnet1800").validate()
+
+
+def trained_folder_run(photos, tmp_path, arch, weights, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--dataset", "folder", "--data-dir", str(photos), "--image-size", "32", "--arch", arch,
+            "--weights", str(weights), "--steps", "3", "--eval-every", "3", "--batch-size", "6", "--rampup-steps", "2",
+            "--amp", "off", "--no-progress", "--out", str(run)]
+    assert main(args) == 0
+    capsys.readouterr()
+    return run
+
+
+@pytest.mark.slow
+def test_a_resnet18_trains_from_a_weights_file_and_its_export_predicts_as_it_evaluated(photos, resnet18_file,
+                                                                                      tmp_path, capsys):
+    run = trained_folder_run(photos, tmp_path, "resnet18", resnet18_file, capsys)
+    trainer = Trainer(TrainConfig(**{**json.loads((run / "config.json").read_text()), "progress": False}))
+    trainer.resume()
+    assert trainer.model.fc.out_features == 3
+    torch.testing.assert_close(trainer.augment.mean.cpu(), torch.tensor([0.485, 0.456, 0.406]))
+    with torch.no_grad():
+        trainer.eval_model.eval()
+        expected = trainer.eval_model(trainer.augment.plain(trainer.data.test_images)).argmax(-1)
+    assert main(["export", str(run)]) == 0
+    capsys.readouterr()
+    meta = json.loads((run / "model.json").read_text())
+    assert (meta["arch"], meta["image_size"], meta["weights_source"]) == ("resnet18", 32, str(resnet18_file))
+    test_files = sorted((photos / "test").rglob("*.png"))
+    assert main(["predict", "--model", str(run), *map(str, test_files)]) == 0
+    predicted = [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()]
+    classes = trainer.data.classes
+    assert predicted == [classes[i] for i in expected.tolist()]
+
+
+@pytest.mark.slow
+def test_a_timm_model_trains_from_a_weights_file(photos, tmp_path, capsys):
+    timm = pytest.importorskip("timm", reason="timm is an optional extra: pip install 'mixmatch[timm]'")
+    weights = tmp_path / "timm-resnet18.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(timm.create_model("resnet18").state_dict(), str(weights))
+    run = trained_folder_run(photos, tmp_path, "timm/resnet18", weights, capsys)
+    state = torch.load(sorted((run / "checkpoints").glob("*.pt"))[-1], weights_only=True)
+    assert state["model"]["fc.weight"].shape == (3, 512)
+    assert main(["export", str(run)]) == 0
+    assert main(["evaluate", "--model", str(run), "--data-dir", str(photos)]) == 0
