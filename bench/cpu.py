@@ -1,8 +1,9 @@
 """CPU step speed of every model we ship, as a fraction of this machine's own matrix-multiply peak.
 
 For each model (the digits CNN on 8x8 images, the same CNN and WRN-10-1 on 28x28 Fashion-MNIST-shaped images,
-WRN-28-2 on 32x32), one MixMatch step (64 labelled + 2 x 64 unlabelled images, augmentation and label guessing included)
-is timed on each path, alternating rounds so that every path sees the same machine load:
+WRN-28-2 on 32x32, torchvision's ResNet-18 on 64x64 and 112x112 RGB photos), one MixMatch step (64 labelled + 2 x 64
+unlabelled images, augmentation and label guessing included) is timed on each path, alternating rounds so that every
+path sees the same machine load:
 
     reference   fp32, NCHW, per-image augmentation, the official three interleaved passes, PyTorch's Adam
     fp32-nchw   the library in fp32 with NCHW tensors: the default of a CPU without bf16 units until now
@@ -20,6 +21,7 @@ threads, alternating rounds: the machine's steps per second either way, as a fra
     python bench/cpu.py --json results/perf-cpu-epyc-bf16.json
     python bench/cpu.py --models digits --busy
     python bench/cpu.py --models digits --jobs 2
+    python bench/cpu.py --models wrn10_1 resnet18-64 resnet18-112 --json results/perf/perf-cpu-resnet18-epyc.json
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ from mixmatch.data.loaders import load_dataset
 from mixmatch.training.runtime import cpu_has_bf16, pick_threads
 from mixmatch.training.trainer import Trainer
 
+MODELS = ["digits", "fashion", "wrn10_1", "wrn28_2", "resnet18-64", "resnet18-112"]
+HEAVY = ("wrn28_2", "resnet18-64", "resnet18-112")  # a tenth of the timed steps
 PATHS: dict[str, dict[str, Any]] = {
     "reference": dict(amp="off", channels_last="off", bn_mode="interleave"),
     "fp32-nchw": dict(amp="off", channels_last="off"),
@@ -68,6 +72,9 @@ def model_setting(name: str) -> tuple[dict[str, Any], ImageDataset]:
         return dict(dataset="fashion-mnist", arch="cnn", num_labels=100), synthetic((1, 28, 28))
     if name == "wrn10_1":  # the Fashion-MNIST / MNIST preset's model
         return dict(dataset="fashion-mnist", arch="wrn10_1", num_labels=100), synthetic((1, 28, 28))
+    if name.startswith("resnet18-"):  # torchvision's ResNet-18 on photos of a folder, at 64 or 112 px
+        size = int(name.removeprefix("resnet18-"))
+        return dict(dataset="cifar10", arch="resnet18", num_labels=250), synthetic((3, size, size), n=512)
     return dict(dataset="cifar10", arch="wrn28_2", num_labels=250), synthetic((3, 32, 32))
 
 
@@ -112,7 +119,7 @@ def bench_model(model: str, args: argparse.Namespace, peaks: dict[str, float]) -
     gflop = step_gflop(trainers["fp32"])
     for trainer in trainers.values():
         timed_steps(trainer, args.warmup)
-    steps = args.steps if model != "wrn28_2" else max(2, args.steps // 10)
+    steps = args.steps if model not in HEAVY else max(2, args.steps // 10)
     times: dict[str, list[float]] = {path: [] for path in trainers}
     fractions: dict[str, list[float]] = {path: [] for path in trainers}
     round_peaks = []
@@ -244,9 +251,9 @@ def cpu_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["digits", "fashion", "wrn10_1", "wrn28_2"],
-                        choices=["digits", "fashion", "wrn10_1", "wrn28_2"])
-    parser.add_argument("--steps", type=int, default=40, help="timed steps of each path (a tenth for WRN-28-2)")
+    parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    parser.add_argument("--steps", type=int, default=40,
+                        help="timed steps of each path (a tenth for WRN-28-2 and ResNet-18)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=4, help="alternations of the paths")
     parser.add_argument("--busy", action="store_true", help="also time the digits step beside a busy process")

@@ -45,6 +45,17 @@ def test_a_backbone_takes_the_datas_channels_and_classes_and_its_files_weights(r
     assert head.classifier[-1].out_features == 4
 
 
+def test_a_backbone_trained_here_on_grey_images_is_a_weights_file_for_grey_images(tmp_path):
+    from safetensors.torch import save_file
+
+    grey = build_backbone("resnet18", 5, 1)  # as `mixmatch export` writes a Fashion-MNIST run's model
+    save_file(grey.state_dict(), str(tmp_path / "grey.safetensors"))
+    model = build_model("resnet18", 3, 1, 28, weights_file=tmp_path / "grey.safetensors")
+    assert torch.equal(model.conv1.weight, grey.conv1.weight) and model.fc.out_features == 3
+    with pytest.raises(BackboneError, match="^resnet18 takes 1-channel images; these have 3$"):
+        build_model("resnet18", 3, 3, 28, weights_file=tmp_path / "grey.safetensors")
+
+
 def test_a_weights_file_of_another_architecture_or_no_state_dict_is_one_line(resnet18_file, tmp_path):
     with pytest.raises(BackboneError, match=r"^--weights .*resnet18.pth does not fit resnet34: missing layer1\.2\."):
         build_model("resnet34", 3, 3, 32, weights_file=resnet18_file)
@@ -129,3 +140,57 @@ def test_a_timm_model_trains_from_a_weights_file(photos, tmp_path, capsys):
     assert state["model"]["fc.weight"].shape == (3, 512)
     assert main(["export", str(run)]) == 0
     assert main(["evaluate", "--model", str(run), "--data-dir", str(photos)]) == 0
+
+
+# ---- fine-tuning: the backbone's rate, the warm-up, the decay per group -----------------------------------------
+
+
+def test_fine_tuning_takes_its_own_optimiser_settings_and_a_flag_wins(resnet18_file):
+    from mixmatch.config import FINETUNE, FINETUNE_WARMUP_SHARE
+
+    tuned = TrainConfig(dataset="fashion-mnist", arch="resnet18", weights=str(resnet18_file), method="fixmatch")
+    cfg = tuned.resolved()
+    assert (cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.backbone_lr_scale) == tuple(
+        FINETUNE[k] for k in ("optimizer", "lr", "weight_decay", "backbone_lr_scale"))  # not FixMatch's SGD
+    assert cfg.warmup_steps == int(FINETUNE_WARMUP_SHARE * cfg.steps) > 0
+    mine = TrainConfig(**{**tuned.to_dict(), "lr": 0.01, "warmup_steps": 7, "backbone_lr_scale": 1.0}).resolved()
+    assert (mine.lr, mine.warmup_steps, mine.backbone_lr_scale) == (0.01, 7, 1.0)
+    scratch = TrainConfig(dataset="fashion-mnist", arch="resnet18").resolved()  # random weights: nothing to spare
+    assert (scratch.warmup_steps, scratch.backbone_lr_scale, scratch.lr) == (0, 1.0, 0.002)
+    with pytest.raises(ConfigError, match="backbone_lr_scale is for torchvision and timm backbones, not wrn10_1"):
+        TrainConfig(arch="wrn10_1", backbone_lr_scale=0.5).validate()
+    with pytest.raises(ConfigError, match="the onecycle schedule warms the learning rate up itself"):
+        TrainConfig(warmup_steps=10, schedule="onecycle").validate()
+
+
+def test_the_schedule_warms_up_linearly_then_follows_its_shape():
+    from mixmatch.training.trainer import cosine_factor, schedule_factor
+
+    assert schedule_factor("constant", 100, 0) is None
+    constant = schedule_factor("constant", 100, 10)
+    assert [constant(k) for k in (0, 4, 9, 10, 99)] == [0.1, 0.5, 1.0, 1.0, 1.0]
+    cosine, plain = schedule_factor("cosine", 100, 10), cosine_factor(100)
+    assert cosine(4) == pytest.approx(0.5 * plain(4)) and cosine(50) == plain(50)
+
+
+@pytest.mark.slow
+def test_the_backbone_learns_at_its_share_of_the_rate_and_decays_at_its_own(digits, resnet18_file):
+    cfg = TrainConfig(dataset="digits", arch="resnet18", weights=str(resnet18_file), steps=20, warmup_steps=4,
+                      backbone_lr_scale=0.25, lr=0.004, weight_decay=0.5, amp="off", progress=False, out=None)
+    trainer = Trainer(cfg, digits)
+    body, head = trainer.optimizer.param_groups
+    assert [p is trainer.model.fc.weight for p in head["params"]] == [True, False]  # fc weight and bias
+    assert len(body["params"]) + 2 == len(list(trainer.model.parameters()))
+    assert (body["lr"], head["lr"]) == pytest.approx((0.004 * 0.25 / 4, 0.004 / 4))  # step 0 of the warm-up
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    for p in trainer.model.parameters():  # a step that moves nothing but the decay
+        p.requires_grad_(False)
+    trainer.optimizer.step = lambda: None
+    trainer.method.batch_loss = lambda ctx, batch: (torch.zeros((), requires_grad=True),) * 3
+    trainer.train_step()
+    scale = {name: p / before[name] for name, p in trainer.model.named_parameters() if before[name].abs().min() > 0}
+    torch.testing.assert_close(scale["fc.weight"], torch.full_like(scale["fc.weight"], 1 - 0.5 * 0.001))
+    torch.testing.assert_close(scale["layer1.0.conv1.weight"], torch.full_like(before["layer1.0.conv1.weight"],
+                                                                                1 - 0.5 * 0.00025))
+    assert torch.equal(trainer.model.bn1.weight, before["bn1.weight"])  # BatchNorm is not decayed
+    assert (body["lr"], head["lr"]) == pytest.approx((0.004 * 0.25 / 2, 0.004 / 2))  # step 1

@@ -195,3 +195,21 @@ def test_a_yaml_settings_file_is_resolved_and_printed(tmp_path, capsys, cli_erro
     assert "drop --config" in cli_error("train", "--config", str(tmp_path / "fashion.yaml"), "--resume", "x")
     assert "lambda_u must be >= 0" in cli_error("train", "--config", str(tmp_path / "fashion.yaml"), "--lambda-u",
                                                 "-1").replace("--lambda-u", "lambda_u")
+
+
+def test_a_printed_config_started_with_another_seed_gets_its_own_folder(tmp_path, capsys, cli_error):
+    from mixmatch.cli import main
+
+    assert main(["train", "--dataset", "fashion-mnist", "--lambda-u", "100", "--print-config", "--device", "cpu"]) == 0
+    (tmp_path / "fashion.json").write_text(capsys.readouterr().out)
+    assert main(["train", "--config", str(tmp_path / "fashion.json"), "--seed", "1", "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["seed"], printed["out"], printed["lambda_u"]) == (1, "runs/fashion-mnist-mixmatch-100-1", 100)
+    assert main(["train", "--config", str(tmp_path / "fashion.json"), "--out", "runs/mine", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["out"] == "runs/mine"
+    # A bad value names the file it came from, or the flag where the command line gave it.
+    (tmp_path / "bad.yaml").write_text("lambda_u: -3\n")
+    assert cli_error("train", "--config", str(tmp_path / "bad.yaml")) == (
+        f"mixmatch: error: {tmp_path / 'bad.yaml'}: lambda_u must be >= 0, got -3")
+    assert cli_error("train", "--config", str(tmp_path / "bad.yaml"), "--lambda-u", "-2") == (
+        "mixmatch: error: --lambda-u must be >= 0, got -2")

@@ -20,7 +20,17 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from . import runfolder
-from .config import GROUPS, METHOD_NAMES, PRESETS, ConfigError, TrainConfig, field_types, flag, read_settings
+from .config import (
+    GROUPS,
+    METHOD_NAMES,
+    PRESETS,
+    ConfigError,
+    TrainConfig,
+    default_out,
+    field_types,
+    flag,
+    read_settings,
+)
 from .experiments.grid import WorkerDied, run_grid
 
 # The data flags that say which labelled subset a run takes; the rest of the data group says which images load.
@@ -109,18 +119,27 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
 def with_settings_file(parser: argparse.ArgumentParser, argv: Sequence[str] | None, args: argparse.Namespace
                        ) -> argparse.Namespace:
     """The command's flags parsed again over the settings of `--config FILE`: a flag given on the command line
-    wins over the file. A run folder's config.json does not name its own folder as --out (a new run there would
-    replace the one it came from), nor its progress bar (this terminal's)."""
+    wins over the file. The file's --out is dropped where it is its own folder (a new run there would replace
+    the one it came from) or the default of its settings (so `--seed 1` beside it gets its own default folder),
+    and so is its progress bar (this terminal's). `args.settings_file` names the file and the fields it set,
+    for error lines."""
     if args.command == "train" and args.resume is not None:
         raise ValueError("--resume continues a run with its own config.json; drop --config")
     path = Path(args.config)
     command = parser.commands[args.command]
     flags = {action.dest for action in command._actions}
     settings = {k: v for k, v in read_settings(path).items() if k in flags and k != "progress"}
-    if settings.get("out") is not None and Path(settings["out"]).resolve() == path.parent.resolve():
+    out = settings.get("out")
+    if out is not None and (
+        Path(out).resolve() == path.parent.resolve()
+        or ({"dataset", "method", "num_labels", "seed"} <= settings.keys() and out == default_out(settings))
+    ):
         del settings["out"]
     command.set_defaults(**settings)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    given = {token.split("=")[0] for token in argv if token.startswith("--")}
+    args.settings_file = (path, {k for k in settings if flag(k) not in given and flag(f"no_{k}") not in given})
+    return args
 
 
 def int_or_auto(text: str) -> int | None:
@@ -173,12 +192,12 @@ def build_parser() -> OneLineParser:
     )
     train.set_defaults(func=run_train)
 
-    compare = commands.add_parser("compare", help="MixMatch and both baselines on the same split: table + plot")
+    compare = commands.add_parser("compare", help="several methods on the same labelled split: table + plot")
     add_config_flags(compare, skip=("method", "seed", "out"))
     add_settings_flags(compare)
     compare.add_argument("--methods", nargs="+", default=["mixmatch", "supervised", "fully-supervised"],
                          choices=[*METHOD_NAMES, "all"], metavar="METHOD",
-                         help="methods on the same labelled split, or all (default: mixmatch and the two baselines)")
+                         help="method names (see --method), or all (default: mixmatch and the two baselines)")
     compare.add_argument("--seeds", nargs="+", type=int, default=[0],
                          help="seeds: each picks the labelled split and the run's randomness (default: 0)")
     compare.add_argument("--out", default=None, help="folder for the runs and results (default runs/compare-...)")
@@ -452,9 +471,11 @@ def refuse_unread_flags(args: argparse.Namespace, argv: Sequence[str]) -> None:
             readers.setdefault(field, []).append(name)
     for field, names in readers.items():
         if runs and {flag(field), flag(f"no_{field}")} & given and not set(names) & set(runs):
+            readers_text = " and ".join(names) if len(names) < 3 else ", ".join(names)
+            verb = "reads" if len(names) == 1 else "read"
             raise ValueError(
-                f"only {' and '.join(names) if len(names) < 3 else ', '.join(names)} read {flag(field)}; this "
-                f"command trains {', '.join(runs)}: drop it, or train one of them"
+                f"only {readers_text} {verb} {flag(field)}; this command trains {', '.join(runs)}: drop it, or "
+                f"train one of them"
             )
 
 
@@ -462,6 +483,9 @@ def config_error_line(error: ConfigError, args: argparse.Namespace) -> str:
     """The error in the command's own flag names: `lambda_u must be ...` -> `--lambda-u must be ...`
     (`--seeds`, `--methods` where the command takes a list)."""
     name = error.field
+    path, from_file = getattr(args, "settings_file", (None, set()))
+    if name in from_file:
+        return f"{path}: {error}"
     shown = flag(name + "s") if hasattr(args, name + "s") and not hasattr(args, name) else flag(name)
     return re.sub(rf"\b{name}\b", shown, str(error), count=1)
 
@@ -486,6 +510,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if say:
             print(f"mixmatch: {stop}", file=sys.stderr)
         return 128 + stop.signum
+    except BrokenPipeError:  # `mixmatch ... | head` closed the pipe: nothing went wrong here
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would say it again
+        return 0
     except (DataError, CheckpointError, TrainingDiverged, WorkerDied, ValueError, OSError) as error:
         if os.environ.get("MIXMATCH_DEBUG"):
             raise

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +46,11 @@ def _opt(default: Any, help: str, group: str) -> Any:
     return field(default=default, metadata={"help": help, "group": group})
 
 
+def default_out(values: Mapping[str, Any]) -> str:
+    """A run's folder where --out is not given: runs/<dataset>-<method>-<labels>-<seed> of its settings."""
+    return f"runs/{values['dataset']}-{values['method']}-{values['num_labels'] or 'all'}-{values['seed']}"
+
+
 @dataclass
 class TrainConfig:
     dataset: str = _opt("digits", "data set name (see `mixmatch data list`)", "data")
@@ -63,13 +68,13 @@ class TrainConfig:
     )
     val_fraction: float | None = _opt(
         None,
-        "hold out this share of each class's labelled images as the test split (0.1 for a folder without one)",
+        "hold out this share of each class's training images as the test split (0.1 for a folder without one)",
         "data",
     )
     labeled_split: str | None = _opt(None, "reuse the labelled subset of an earlier run's split.json", "data")
     num_labels: int | None = _opt(
         None,
-        "labelled images, split evenly over the classes (folders: as evenly as they allow; default all)",
+        "labelled images, split evenly over the classes (a folder: as evenly as they allow, all by default)",
         "data",
     )
     method: MethodName = _opt(
@@ -95,7 +100,10 @@ class TrainConfig:
         "train fewer steps where the steps would take longer than this here (CPU presets: 15)",
         "optimisation",
     )
-    batch_size: int = _opt(64, "labelled batch size B; the unlabelled batch is also B, times K views", "optimisation")
+    batch_size: int = _opt(
+        64, "labelled batch size B; the unlabelled batch: B images (K views for mixmatch, mu*B for fixmatch)",
+        "optimisation",
+    )
     k: int = _opt(2, "augmented views K of each unlabelled image (official nu=2)", "MixMatch")
     temperature: float = _opt(0.5, "sharpening temperature T", "MixMatch")
     alpha: float | None = _opt(
@@ -120,6 +128,13 @@ class TrainConfig:
         None,
         "learning-rate schedule: constant (paper), cosine (FixMatch's, down to 0.2 lr) or onecycle",
         "optimisation"
+    )
+    warmup_steps: int | None = _opt(
+        None, "steps over which the learning rate rises linearly from 0 (default none; fine-tuning: a share)",
+        "optimisation",
+    )
+    backbone_lr_scale: float | None = _opt(
+        None, "a backbone's learning rate as a share of --lr; its new classifier takes --lr (default 1)", "optimisation"
     )
     bn_mode: BnMode = _opt(
         "concat",
@@ -196,7 +211,9 @@ class TrainConfig:
         if self.steps is not None:  # a step count the user chose is run whole: the preset's cap is for its own
             preset = {k: v for k, v in preset.items() if k != "max_minutes"}
         values = dataclasses.asdict(self)
-        own = METHOD_DEFAULTS.get(values["method"], {})
+        own = dict(METHOD_DEFAULTS.get(values["method"], {}))
+        if values["pretrained"] or values["weights"]:  # fine-tuning: its optimiser settings, for every method
+            own.update(FINETUNE)
         values.update({k: v for k, v in own.items() if values[k] is None})
         if values["method"] in METHOD_RAMPUP_SHARE:  # its own share of whatever steps the run has, not the preset's
             preset = {k: v for k, v in preset.items() if k != "rampup_steps"}
@@ -211,24 +228,31 @@ class TrainConfig:
                 if values["arch"] is not None and is_backbone(values["arch"]):
                     values["image_size"] = spec(values["arch"]).image_size
         if values["out"] is None:
-            labels = values["num_labels"] or "all"
-            values["out"] = f"runs/{values['dataset']}-{values['method']}-{labels}-{values['seed']}"
+            values["out"] = default_out(values)
+        if not (values["pretrained"] or values["weights"]):
+            values.update({k: v for k, v in NOT_FINETUNING.items() if values[k] is None})
         cfg = TrainConfig(**values)
         return cfg if cfg.steps is None or cfg.minutes is not None else cfg.with_steps(cfg.steps)
 
     def with_steps(self, steps: int, eval_every: int | None = None) -> TrainConfig:
         """A copy that trains `steps` steps (a time budget's minutes are spent): lambda_u ramps up over the
-        method's share of them (METHOD_RAMPUP_SHARE, else RAMPUP_SHARE) and the test split is evaluated
-        EVALUATIONS times, where the config does not say otherwise (its own ramp-up, its own or the given
-        `eval_every`)."""
+        method's share of them (METHOD_RAMPUP_SHARE, else RAMPUP_SHARE), the learning rate warms up over
+        `finetune_warmup` of them, and the test split is evaluated EVALUATIONS times, where the config does not
+        say otherwise (its own ramp-up and warm-up, its own or the given `eval_every`)."""
         share = METHOD_RAMPUP_SHARE.get(self.method, RAMPUP_SHARE)
         return dataclasses.replace(
             self,
             steps=steps,
             minutes=None,
             rampup_steps=self.rampup_steps if self.rampup_steps is not None else int(share * steps),
+            warmup_steps=self.warmup_steps if self.warmup_steps is not None else self.finetune_warmup(steps),
             eval_every=eval_every or self.eval_every or max(1, steps // EVALUATIONS),
         )
+
+    def finetune_warmup(self, steps: int) -> int:
+        """The warm-up of a run of `steps` steps that sets none: FINETUNE_WARMUP_SHARE of them where it fine-tunes
+        pretrained weights, else none."""
+        return int(FINETUNE_WARMUP_SHARE * steps) if self.pretrained or self.weights else 0
 
     def validate(self) -> TrainConfig:
         """Check every field's type and range before anything loads; returns self.
@@ -281,6 +305,12 @@ class TrainConfig:
                 raise ConfigError(
                     "pretrained", f"pretrained weights are for torchvision and timm backbones, not {self.arch}"
                 )
+            if self.backbone_lr_scale not in (None, 1) and self.arch in ARCHITECTURES:
+                raise ConfigError(
+                    "backbone_lr_scale", f"backbone_lr_scale is for torchvision and timm backbones, not {self.arch}"
+                )
+        if self.warmup_steps and self.schedule == "onecycle":
+            raise ConfigError("warmup_steps", "warmup_steps: the onecycle schedule warms the learning rate up itself")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -371,6 +401,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "vat_epsilon": (lambda v: v > 0, "> 0"),
     "entropy_weight": (lambda v: v >= 0, ">= 0"),
     "mu": (lambda v: v >= 1, ">= 1"),
+    "warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "backbone_lr_scale": (lambda v: 0 < v <= 1, "in (0, 1]"),
 }
 
 # The paper's CIFAR-10 settings (sources above): every preset is this base with what differs.
@@ -478,6 +510,17 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 METHOD_RAMPUP_SHARE: dict[str, float] = {
     "pi-model": 0.4, "pseudo-label": 0.4, "vat": 0.4, "mean-teacher": 0.4, "ict": 0.4, "mixup": 0.0, "fixmatch": 0.0,
 }
+
+
+# Fine-tuning a pretrained backbone (--pretrained or --weights), over the preset and each method's own optimiser
+# settings (a flag wins): Adam with decoupled weight decay as in the paper, the backbone at a tenth of the new
+# classifier's rate, and the rate warmed up over the first FINETUNE_WARMUP_SHARE of the steps, so that the
+# classifier's random start does not send large gradients into the pretrained layers. docs/backbones.md has how
+# they were chosen.
+FINETUNE: dict[str, Any] = dict(optimizer="adam", lr=0.002, weight_decay=0.02, backbone_lr_scale=0.1)
+FINETUNE_WARMUP_SHARE = 0.05
+# What a run that fine-tunes nothing takes for the fine-tuning fields.
+NOT_FINETUNING: dict[str, Any] = dict(warmup_steps=0, backbone_lr_scale=1.0)
 
 
 def device_type(device: str) -> str:

@@ -20,6 +20,7 @@ from torch import nn
 
 TIMM = "timm/"
 IMAGENET_CLASSES = 1000
+CLASSIFIER = "mixmatch_classifier"  # the attribute naming the new classifier's module on a built backbone
 
 
 class BackboneError(ValueError):
@@ -161,8 +162,13 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_file(model: nn.Module, arch: str, path: Path) -> None:
-    """Load `path` into the ImageNet-shaped `model`; its classifier may be of any size (it is replaced next)."""
+    """Load `path` into the ImageNet-shaped `model`; its classifier may be of any size (it is replaced next), and
+    its first convolution may take grey images (a backbone this library trained and exported on grey data)."""
     state = read_state_dict(path)
+    first = next((name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    theirs = state.get(f"{first}.weight")
+    if theirs is not None and theirs.dim() == 4 and theirs.shape[1] == 1:
+        _fit_input(model, 1, arch)
     own = model.state_dict()
     head = {name for name in own if name.startswith(_head_name(model) + ".")}
     missing = sorted(set(own) - set(state) - head)
@@ -186,9 +192,20 @@ def _head_name(model: nn.Module) -> str:
     return heads[-1]
 
 
+def classifier(model: nn.Module) -> nn.Module:
+    """The layer a backbone was given for the data's classes (the one `--backbone-lr-scale` leaves at `--lr`).
+    Raises BackboneError for a model that `build_backbone` did not build."""
+    name = getattr(model, CLASSIFIER, None)
+    if name is None:
+        raise BackboneError(f"{type(model).__name__} is not a torchvision or timm backbone: it has no new classifier")
+    return model.get_submodule(name)
+
+
 def _replace_head(model: nn.Module, num_classes: int, arch: str) -> None:
     if arch.startswith(TIMM):
         model.reset_classifier(num_classes)
+        new_head = model.get_classifier()
+        setattr(model, CLASSIFIER, next(name for name, m in model.named_modules() if m is new_head))
         return
     name = _head_name(model)
     parent_name, _, child = name.rpartition(".")
@@ -199,6 +216,7 @@ def _replace_head(model: nn.Module, num_classes: int, arch: str) -> None:
     else:
         new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, old.stride, bias=old.bias is not None)
     setattr(parent, child, new)
+    setattr(model, CLASSIFIER, name)
 
 
 def _fit_input(model: nn.Module, in_channels: int, arch: str) -> None:

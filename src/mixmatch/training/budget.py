@@ -94,6 +94,7 @@ def cap(
         cfg,
         steps=fit,
         rampup_steps=round(cfg.rampup_steps * share),
+        warmup_steps=round(cfg.warmup_steps * share),
         eval_every=max(1, fit // kept) if kept < evaluations else max(1, round(cfg.eval_every * share)),
     )
     why = (
@@ -142,13 +143,14 @@ def plan(cfg: TrainConfig, seconds_per_step: float, seconds_per_evaluation: floa
             f" ({MIN_STEPS} steps is the least a run trains: about {_duration(needed)} here, more than the "
             f"{minutes:g} minute{'' if minutes == 1 else 's'} asked for)"
         )
+    warmup = f" warmed up over {planned.warmup_steps} steps" if planned.warmup_steps else ""
     why = (
         f"{cfg.dataset} on {device}: {'' if cfg.minutes is not None else 'no --steps given, so '}"
         f"{minutes:g} minute{'' if minutes == 1 else 's'} of training: model {planned.arch}, "
         f"{seconds_per_step * 1000:.0f} ms a step and "
         f"{_seconds(seconds_per_evaluation)} s an evaluation (measured), "
         f"{steps} steps{floor}, lambda_u {planned.lambda_u:g} ramped up over {planned.rampup_steps} steps, "
-        f"{planned.schedule} learning rate, "
+        f"{planned.schedule} learning rate{warmup}, "
         f"distribution alignment {'on' if planned.distribution_alignment else 'off'}, {evaluations} evaluation"
         f"{'' if evaluations == 1 else 's'}"
         f"{fewer}. "

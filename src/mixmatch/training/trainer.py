@@ -79,6 +79,28 @@ def cosine_factor(steps: int) -> Callable[[int], float]:
     return lambda k: math.cos(7 * math.pi * min(k, steps) / (16 * steps))
 
 
+def schedule_factor(schedule: str, steps: int, warmup_steps: int) -> Callable[[int], float] | None:
+    """lr multiplier at step k of a constant or cosine schedule, warmed up linearly over the first `warmup_steps`
+    ((k + 1) / warmup_steps, as timm's and fastai's warm-ups start above 0); None for a constant rate without
+    warm-up, which needs no scheduler."""
+    base = cosine_factor(steps) if schedule == "cosine" else None
+    if not warmup_steps:
+        return base
+    return lambda k: min(1.0, (k + 1) / warmup_steps) * (base(k) if base is not None else 1.0)
+
+
+def parameter_groups(model: nn.Module, lr: float, backbone_lr_scale: float) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups: one at `lr`, or, for a backbone whose layers learn at `backbone_lr_scale`
+    of it, those layers at the scaled rate and its new classifier (`backbones.classifier`) at `lr`."""
+    if backbone_lr_scale == 1:
+        return [{"params": list(model.parameters()), "lr": lr}]
+    head = {id(p) for p in backbones.classifier(model).parameters()}
+    return [
+        {"params": [p for p in model.parameters() if id(p) not in head], "lr": lr * backbone_lr_scale},
+        {"params": [p for p in model.parameters() if id(p) in head], "lr": lr},
+    ]
+
+
 class Trainer:
     """Holds everything that changes during a run; `fit()` runs it and writes the run folder. It is the Context
     that a method's `batch_loss` is lent (model, forward, teacher, augment, num_classes, step, autocast).
@@ -209,20 +231,24 @@ class Trainer:
         cfg = self.config
         # One fused kernel for all parameters instead of a loop over them (PyTorch's CPU default).
         fused = self.device.type in ("cpu", "cuda")
+        groups = parameter_groups(self.model, cfg.lr, cfg.backbone_lr_scale)
         if build is not None:
             self.optimizer: torch.optim.Optimizer = build(list(self.model.parameters()), cfg)
         elif cfg.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=fused)
+            self.optimizer = torch.optim.Adam(groups, lr=cfg.lr, fused=fused)
         else:
-            self.optimizer = torch.optim.SGD(
-                self.model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, fused=fused
-            )
+            self.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True, fused=fused)
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        factor = schedule_factor(cfg.schedule, cfg.steps, cfg.warmup_steps)
         if cfg.schedule == "onecycle":
-            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=cfg.lr, total_steps=cfg.steps)
-        elif cfg.schedule == "cosine":
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_factor(cfg.steps))
-        self.decayed = decayed_parameters(self.model)
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                self.optimizer, max_lr=[group["lr"] for group in self.optimizer.param_groups], total_steps=cfg.steps
+            )
+        elif factor is not None:
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        # Decoupled decay at each group's own rate: w *= 1 - wd * lr.
+        decayed = {id(w) for w in decayed_parameters(self.model)}
+        self.decayed = [[p for p in group["params"] if id(p) in decayed] for group in self.optimizer.param_groups]
 
     def _setup_progress(self) -> None:
         """Where the run stands: step 0 of a fresh run (resume() moves it on)."""
@@ -270,10 +296,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        lr = self.optimizer.param_groups[0]["lr"]
         if self.config.weight_decay:
             with torch.no_grad():
-                torch._foreach_mul_(self.decayed, 1 - self.config.weight_decay * lr)
+                for group, decayed in zip(self.optimizer.param_groups, self.decayed, strict=True):
+                    torch._foreach_mul_(decayed, 1 - self.config.weight_decay * group["lr"])
         if self.scheduler is not None:
             self.scheduler.step()
         # Under torchrun the weights agree after the averaged gradients; this makes BatchNorm's running
