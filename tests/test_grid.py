@@ -238,3 +238,26 @@ def test_a_ctrl_c_while_the_table_is_written_says_the_runs_are_finished(tmp_path
     monkeypatch.undo()
     assert main([*args, "--resume"]) == 0
     assert (grid / "results.md").is_file() and "(kept)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("length", [["--minutes", "1"], ["--max-minutes", "1", "--steps", "400"]])
+def test_a_fitted_grid_keeps_each_methods_own_settings_and_ramp_up_share(length, tmp_path, cpus, monkeypatch, capsys):
+    from mixmatch.config import METHOD_DEFAULTS
+    from mixmatch.experiments import grid
+    from mixmatch.training import trainer
+
+    cpus(1)
+    # A step of 0.2 s: a minute (less a margin) is 270 steps, so the cap cuts 400 steps to that.
+    monkeypatch.setattr(trainer, "time_run", lambda cfg, data: (0.2, 0.0))
+    trained = {}
+    monkeypatch.setattr(grid, "_train", lambda cfg, fitted, again: trained.setdefault(cfg.method, cfg) and {
+        "test_accuracy": 0.5, "wall_seconds": 1.0})
+    monkeypatch.setattr("mixmatch.experiments.report.report", lambda runs, out, key: "table")
+    methods = ["mixmatch", "mixup", "vat", "ict", "fixmatch"]
+    assert main(["compare", *length, "--amp", "off", "--methods", *methods, "--out", str(tmp_path)]) == 0
+    steps = trained["mixmatch"].steps
+    assert 200 < steps < 300 and {cfg.steps for cfg in trained.values()} == {steps}
+    assert [trained[m].lambda_u for m in methods[1:]] == [METHOD_DEFAULTS[m]["lambda_u"] for m in methods[1:]]
+    assert (trained["mixup"].rampup_steps, trained["fixmatch"].rampup_steps) == (0, 0)
+    assert all(abs(trained[m].rampup_steps - 0.4 * steps) <= 1 for m in ("vat", "ict"))  # their files' warmup_pos
+    assert trained["fixmatch"].optimizer == "sgd" and trained["ict"].alpha == 0.75

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import runfolder
-from ..config import DEVICE_FIELDS, TrainConfig, flag
+from ..config import TrainConfig, flag
 
 if TYPE_CHECKING:
     from ..data.dataset import ImageDataset
@@ -115,10 +115,9 @@ def run_grid(
         if why is not None:
             print(f"mixmatch: {why} Every run of this grid trains the same number of steps (timed on its "
                   f"{slowest.method} runs).", file=sys.stderr)
-        fixed = {name: getattr(fitted, name) for name in ("steps", "rampup_steps", "eval_every", *DEVICE_FIELDS)}
         # Fitted once here: no run may time itself again (and so pick other steps). Each keeps its cap, so its
         # config.json says what shortened it.
-        configs = [dataclasses.replace(cfg, **fixed, minutes=None) for cfg in configs]
+        configs = [with_length_of(cfg, fitted) for cfg in configs]
     tasks: list[tuple[TrainConfig, bool]] = []  # (config, continue from a checkpoint)
     for cfg in configs:
         run, finished = saved.get(cfg.out, (None, False))
@@ -178,11 +177,14 @@ def _saved_runs(configs: list[TrainConfig], resume: bool) -> dict[str | None, tu
         if not (finished or stopped):
             continue
         run = run_config(folder)
+        # A setting its config.json predates is what the run resumes with: the one it resolves to.
+        started = run.resolved()
         # What fitting picked (the steps under a cap or budget, the model of a folder preset) is the run's.
-        fitted = ("steps", "rampup_steps", "eval_every") if cfg.max_minutes is not None or needs_budget(cfg) else ()
+        fitted = ("steps", "rampup_steps", "warmup_steps", "eval_every") if (
+            cfg.max_minutes is not None or needs_budget(cfg)) else ()
         skip = {*RESUME_OVERRIDES, "out", "minutes", *fitted}
         for f in dataclasses.fields(TrainConfig):
-            mine, theirs = getattr(cfg, f.name), getattr(run, f.name)
+            mine, theirs = getattr(cfg, f.name), getattr(started, f.name)
             # auto accepts what it resolved to when the run started.
             if f.name in skip or mine in (theirs, "auto"):
                 continue
@@ -190,6 +192,24 @@ def _saved_runs(configs: list[TrainConfig], resume: bool) -> dict[str | None, tu
                              f"{mine}; give the grid's own flags, or another --out to start afresh")
         saved[cfg.out] = (run, finished)
     return saved
+
+
+def with_length_of(cfg: TrainConfig, fitted: TrainConfig) -> TrainConfig:
+    """`cfg` (resolved) trained for the steps and evaluation interval of the grid's `fitted` run, its own ramp-up and
+    warm-up following its own share of them: a method's lambda_u, ramp-up and settings stay its own (each
+    method's ramp-up share, config.METHOD_RAMPUP_SHARE, applies to the budget's steps; a cap scales every run's
+    ramp-up by the same fraction, as budget.cap scaled the fitted run's)."""
+    if cfg.steps is None:
+        return cfg.with_steps(fitted.steps, fitted.eval_every)
+    share = fitted.steps / cfg.steps
+    return dataclasses.replace(
+        cfg,
+        steps=fitted.steps,
+        rampup_steps=round(cfg.rampup_steps * share),
+        warmup_steps=round(cfg.warmup_steps * share),
+        eval_every=fitted.eval_every,
+        minutes=None,
+    )
 
 
 def _fitted(
