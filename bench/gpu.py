@@ -9,7 +9,8 @@ One script, run as it is on a lent GPU machine within a few minutes (`--budget` 
    on one GPU is torch.compile mode="reduce-overhead": the model's kernels replayed as CUDA graphs); each
    with steps/s, images/s, the fraction of the matrix rate it reaches, and the paper's 1,048,576 steps
    projected in hours; and the losses of 20 steps of eager and compiled from the same weights and draws;
-4. a short MixMatch run of WRN-28-2 on Fashion-MNIST (`--data-dir`, 100 labels, `--run-compile`), its steps
+4. torchvision's ResNet-18 step at photo sizes (`--backbone-sizes`, 112 and 224 px), eager;
+5. a short MixMatch run of WRN-28-2 on Fashion-MNIST (`--data-dir`, 100 labels, `--run-compile`), its steps
    cut to what the remaining budget allows at the measured speed.
 
     python bench/gpu.py --data-dir ../shared/data --out results/gpu-h200
@@ -143,6 +144,34 @@ def time_paths(args: argparse.Namespace, device: torch.device, peak: float, dead
     return result
 
 
+def time_backbones(args: argparse.Namespace, device: torch.device, peak: float) -> dict[str, Any]:
+    """torchvision's ResNet-18 MixMatch step at photo sizes (`--backbone-sizes`), eager, with the library's
+    defaults for the device: ms a step and the fraction of the matrix rate, as for WRN-28-2 above."""
+    result = {}
+    for size in args.backbone_sizes:
+        g = torch.Generator().manual_seed(0)
+        n = 64 if args.tiny else 512
+        images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+        labels = torch.arange(n) % 10
+        data = ImageDataset("synthetic-photos", images, labels, images[:32], labels[:32], [str(i) for i in range(10)])
+        config = TrainConfig(
+            dataset="cifar10", arch="resnet18", num_labels=50, steps=PAPER_STEPS, batch_size=args.batch, k=args.k,
+            device=str(device), progress=False, out=str(Path(tempfile.gettempdir()) / "mixmatch-gpu-bench"), seed=0,
+            compile="off",
+        )
+        trainer = Trainer(config, data)
+        flops = step_flops(trainer)
+        timed_steps(trainer, args.warmup)
+        median = statistics.median(timed_steps(trainer, max(1, args.steps // 2)))
+        result[f"resnet18-{size}"] = dict(
+            image_size=size, ms_per_step=1000 * median, images_per_second=args.batch * (1 + args.k) / median,
+            gflop_per_step=flops / 1e9, fraction_of_matmul_peak=flops / median / peak,
+        )
+        print(f"resnet18 at {size} px: {1000 * median:.1f} ms/step, {100 * flops / median / peak:.2f}% of the matmul "
+              "peak", flush=True)
+    return result
+
+
 def short_run(args: argparse.Namespace, device: torch.device, seconds_per_step: float, left: float) -> dict[str, Any]:
     """MixMatch with WRN-28-2 and the paper's settings, steps cut so that the run fits in `left` seconds."""
     # Evaluations and the start cost about a quarter on top of the steps (measured on the first GPU run).
@@ -190,6 +219,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"{e.get('speedup_over_reference', float('nan')):.2f}x | {e['paper_schedule_hours']:.1f} | "
             f"{e['first_step_seconds']:.1f} |"
         )
+    for name, e in report.get("backbones", {}).items():
+        lines.append(f"| {name} (eager) | {e['ms_per_step']:.1f} | {1000 / e['ms_per_step']:.1f} | "
+                     f"{e['images_per_second']:.0f} | {e['gflop_per_step'] / e['ms_per_step']:.2f} | "
+                     f"{100 * e['fraction_of_matmul_peak']:.2f}% | | | |")
     agree = report["step"].get("losses_eager_vs_compiled")
     if agree:
         lines += ["", f"Losses of {agree['steps']} steps from the same weights and draws, compiled against eager: "
@@ -230,12 +263,15 @@ def main() -> None:
     parser.add_argument("--run-compile", default="auto", choices=("auto", "on", "off"),
                         help="the short run's --compile (auto: eager below 20,000 steps)")
     parser.add_argument("--agree-steps", type=int, default=20, help="steps of the eager/compiled loss check")
+    parser.add_argument("--backbone-sizes", type=int, nargs="*", default=[112, 224],
+                        help="image sides at which to time a ResNet-18 step (none: skip)")
     parser.add_argument("--tiny", action="store_true", help="a few small steps, for the test on a CPU")
     args = parser.parse_args()
     if args.tiny:
         args.batch, args.steps, args.warmup, args.rounds = 4, 2, 1, 1
         args.run_steps, args.eval_every = 4, 2
         args.paths = [p for p in args.paths if p != "compiled"]
+        args.backbone_sizes = [32] if args.backbone_sizes else []
     start = time.perf_counter()
     deadline = start + args.budget
     device = torch.device(args.device)
@@ -258,6 +294,7 @@ def main() -> None:
         print(f"{name:>12}: {e['ms_per_step']:.1f} ms/step, {e['steps_per_second']:.1f} steps/s, "
               f"{e['images_per_second']:.0f} images/s, {100 * e['fraction_of_matmul_peak']:.2f}% of the matmul "
               f"peak, paper schedule {e['paper_schedule_hours']:.1f} h", flush=True)
+    report["backbones"] = time_backbones(args, device, peak)
     fastest = min(report["step"]["paths"].values(), key=lambda e: e["ms_per_step"])
     Path(args.out, "gpu.json").write_text(json.dumps(report, indent=2))
     # The short run's speed: compiled if asked for (its compiling is in the quarter short_run keeps spare).

@@ -83,3 +83,14 @@ def test_runs_at_several_label_counts_draw_the_papers_figure_2(tmp_path, monkeyp
     (tmp_path / "again").mkdir()
     report_module.report([r["dir"] for r in one_count], tmp_path / "again")
     assert not (tmp_path / "again" / "error-vs-labels.png").exists()
+
+
+def test_runs_on_a_validation_split_are_never_headed_test_accuracy(caplog):
+    tuning = [run("mixmatch", s, 0.8) for s in range(2)]
+    for r in tuning:
+        r["summary"]["evaluated_on"] = "validation"
+    assert "| validation accuracy (%) |" in markdown_table(aggregate(tuning)).splitlines()[0]
+    assert "| test accuracy (%) |" in markdown_table(aggregate([run("mixmatch", 0, 0.8)])).splitlines()[0]
+    mixed = markdown_table(aggregate([*tuning, run("mixmatch", 2, 0.8)])).splitlines()[0]
+    assert "| test and validation accuracy (%) |" in mixed
+    assert "different splits" in caplog.text

@@ -25,6 +25,9 @@ class ImageDataset:
     # Image folders only: each training image's path relative to the folder, so that split files can name
     # images rather than indices; their labels need not be balanced over the classes.
     files: list[str] | None = None
+    # What the test split holds: "test" (the data's own) or "validation" (training images held out by
+    # --val-fraction), so that a tuning run's accuracy is never reported as a test accuracy.
+    evaluation: str = "test"
 
     @property
     def num_classes(self) -> int:

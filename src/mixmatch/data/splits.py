@@ -54,6 +54,7 @@ def hold_out(data: ImageDataset, fraction: float) -> ImageDataset:
         test_images=data.train_images[held_t],
         test_labels=data.train_labels[held_t],
         files=[data.files[i] for i in keep] if data.files is not None else None,
+        evaluation="validation",
     )
 
 

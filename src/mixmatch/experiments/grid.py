@@ -251,7 +251,8 @@ def _train(cfg: TrainConfig, fitted: bool, resume: bool = False) -> dict[str, An
 
 def _print_line(cfg: TrainConfig, key: str, summary: dict[str, Any], note: str = "") -> None:
     print(
-        f"{getattr(cfg, key):>16} seed {cfg.seed}: test accuracy {100 * summary['test_accuracy']:.2f}% "
+        f"{getattr(cfg, key):>16} seed {cfg.seed}: {summary.get('evaluated_on', 'test')} accuracy "
+        f"{100 * summary['test_accuracy']:.2f}% "
         f"in {summary['wall_seconds']:.0f} s{f' ({note})' if note else ''}",
         file=sys.stderr,
     )

@@ -22,7 +22,8 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     """A run folder's summary, config and metrics (training records and evaluation records apart).
 
     A summary written before summary.json gave the median of the last 20 evaluations gets it from
-    metrics.jsonl's evaluation records. A metrics line cut short is skipped with a warning.
+    metrics.jsonl's evaluation records, and `evaluated_on` ("test" or "validation") from its --val-fraction.
+    A metrics line cut short is skipped with a warning.
     """
     run_dir = Path(run_dir)
     summary_path = run_dir / runfolder.SUMMARY
@@ -32,10 +33,12 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     evaluations = [r for r in records if "test_accuracy" in r]
     summary = json.loads(summary_path.read_text())
     summary.setdefault(MEDIAN_KEY, median_of_last([r["test_accuracy"] for r in evaluations]))
+    config = json.loads((run_dir / runfolder.CONFIG).read_text())
+    summary.setdefault("evaluated_on", "validation" if config.get("val_fraction") else "test")
     return dict(
         dir=str(run_dir),
         summary=summary,
-        config=json.loads((run_dir / runfolder.CONFIG).read_text()),
+        config=config,
         train=[r for r in records if "loss" in r],
         eval=evaluations,
     )
@@ -83,9 +86,18 @@ def aggregate(runs: list[dict[str, Any]], key: str = "method") -> list[dict[str,
                 wall_seconds_mean=statistics.fmean(wall),
                 steps=members[0]["summary"]["steps"],
                 methods=sorted({m["config"]["method"] for m in members}),
+                evaluated_on=evaluated_on(members),
             )
         )
     return _gap_closed(rows)
+
+
+def evaluated_on(runs: list[dict[str, Any]]) -> str:
+    """What the runs' accuracies measure: "test", "validation", or "test and validation" (a warning)."""
+    splits = sorted({run["summary"].get("evaluated_on", "test") for run in runs})
+    if len(splits) > 1:
+        log.warning("runs evaluated on different splits are reported together: %s", ", ".join(splits))
+    return " and ".join(splits)
 
 
 def _gap_closed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -112,12 +124,13 @@ def _gap_closed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown_table(rows: list[dict[str, Any]], key: str = "method") -> str:
-    """One row per aggregate() row: mean ± std over seeds of the final test accuracy, of the median of the
-    last 20 evaluations (the paper's statistic), the final error, steps and wall time; where the runs hold
-    both baselines, the share of the gap between their means that each other row's mean closed."""
+    """One row per aggregate() row: mean ± std over seeds of the final test (or validation) accuracy, of the
+    median of the last 20 evaluations (the paper's statistic), the final error, steps and wall time; where the
+    runs hold both baselines, the share of the gap between their means that each other row's mean closed."""
     gap = any("gap_closed" in r for r in rows)
+    split = " and ".join(sorted({r["evaluated_on"] for r in rows}))
     lines = [
-        f"| {key} | labels | runs | test accuracy (%) | median of last {MEDIAN_OF_LAST} (%) | error (%) | steps "
+        f"| {key} | labels | runs | {split} accuracy (%) | median of last {MEDIAN_OF_LAST} (%) | error (%) | steps "
         "| wall time (s) |" + (" gap closed (%) |" if gap else ""),
         "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if gap else ""),
     ]
@@ -154,7 +167,9 @@ def plot_curves(runs: list[dict[str, Any]], path: str | Path, key: str = "method
         axes[1].plot([r["step"] for r in run["train"]], [r["loss"] for r in run["train"]], **style)
         axes[2].plot([r["step"] for r in run["train"]], [r["lambda_u"] for r in run["train"]], **style)
     for ax, title in zip(
-        axes, ("test accuracy (%) of the evaluated model", "training loss", "lambda_u (ramp-up)"), strict=True
+        axes,
+        (f"{evaluated_on(runs)} accuracy (%) of the evaluated model", "training loss", "lambda_u (ramp-up)"),
+        strict=True,
     ):
         ax.set_title(title)
         ax.set_xlabel("step")
@@ -181,14 +196,21 @@ def plot_error_against_labels(rows: list[dict[str, Any]], path: str | Path, titl
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, name in enumerate(dict.fromkeys(r["name"] for r in rows if r not in ceiling)):
         mine = sorted((r for r in rows if r["name"] == name), key=lambda r: r["num_labels"])
-        ax.errorbar([r["num_labels"] for r in mine], [100 * (1 - r["accuracy_mean"]) for r in mine],
-                    yerr=[100 * r["accuracy_std"] for r in mine], marker="o", capsize=3, color=f"C{i}", label=name)
+        ax.errorbar(
+            [r["num_labels"] for r in mine],
+            [100 * (1 - r["accuracy_mean"]) for r in mine],
+            yerr=[100 * r["accuracy_std"] for r in mine],
+            marker="o",
+            capsize=3,
+            color=f"C{i}",
+            label=name,
+        )
     for r in ceiling:
         ax.axhline(100 * (1 - r["accuracy_mean"]), color="grey", ls="--", label=f"{r['name']} ({r['num_labels']})")
     ax.set_xscale("log")
     labelled = [c for c in counts if all(c != r["num_labels"] for r in ceiling)]
     ax.set_xticks(labelled, [str(c) for c in labelled])
-    ax.set(xlabel="number of labelled images", ylabel="test error (%)", title=title)
+    ax.set(xlabel="number of labelled images", ylabel="error (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -209,5 +231,7 @@ def report(run_dirs: list[str | Path], out: str | Path | None = None, key: str =
         plot_curves(runs, out / "curves.png", key)
         if len({r["num_labels"] for r in rows if "fully-supervised" not in r["methods"]}) > 1:
             dataset = runs[0]["summary"]["dataset"]
-            plot_error_against_labels(rows, out / "error-vs-labels.png", f"{dataset}: test error against labels")
+            plot_error_against_labels(
+                rows, out / "error-vs-labels.png", f"{dataset}: {evaluated_on(runs)} error against labels"
+            )
     return table

@@ -543,6 +543,7 @@ class Trainer:
             steps=self.step,
             arch=cfg.arch,
             test_accuracy=accuracy,
+            evaluated_on=self.data.evaluation,
             # The paper's statistic: the median over the last 20 evaluations (rank 0's record of them).
             median_test_accuracy_last_20=median_of_last(metrics.accuracies),
             wall_seconds=round(time.perf_counter() - start, 2),
