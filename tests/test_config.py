@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import typing
+from pathlib import Path
 
 import pytest
 
@@ -40,14 +41,17 @@ PRESET_KEYS = (
     "arch", "num_labels", "steps", "alpha", "lambda_u", "rampup_steps", "eval_every", "pad", "flip", "schedule",
     "distribution_alignment", "max_minutes", "mu",
 )
-# Every preset's optimiser and augmentation: the paper's (FixMatch's own are its method defaults).
+# Every preset's optimiser and augmentation: the paper's (FixMatch's own are its method defaults), but
+# Fashion-MNIST's augmentation, chosen on its validation split.
 SHARED = dict(lr=0.002, optimizer="adam", weight_decay=0.02, augment="crop-flip")
+AUGMENT = {"fashion-mnist": "fastai"}
 
 
 def test_presets_keep_their_values_and_order():
     assert list(PRESETS) == list(PRESET_TABLE)
     for name, row in PRESET_TABLE.items():
-        assert PRESETS[name] == dict(zip(PRESET_KEYS, row, strict=True), **SHARED), name
+        expected = dict(zip(PRESET_KEYS, row, strict=True), **SHARED)
+        assert PRESETS[name] == dict(expected, augment=AUGMENT.get(name, "crop-flip")), name
     assert PAPER_STEPS == 1048576 and PAPER_RAMPUP_STEPS == 16384
 
 
@@ -195,6 +199,18 @@ def test_a_yaml_settings_file_is_resolved_and_printed(tmp_path, capsys, cli_erro
     assert "drop --config" in cli_error("train", "--config", str(tmp_path / "fashion.yaml"), "--resume", "x")
     assert "lambda_u must be >= 0" in cli_error("train", "--config", str(tmp_path / "fashion.yaml"), "--lambda-u",
                                                 "-1").replace("--lambda-u", "lambda_u")
+
+
+def test_a_config_json_older_than_a_field_replays_what_its_run_had(capsys):
+    """The committed Fashion-MNIST runs predate --augment: replayed, they keep the flip and crop they trained
+    with, whatever the preset says today."""
+    from mixmatch.cli import main
+
+    old = Path(__file__).parents[1] / "results/fashion-mnist-100/mixmatch-seed0/config.json"
+    assert "augment" not in json.loads(old.read_text())
+    assert main(["train", "--config", str(old), "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["augment"], printed["ema_warmup"]) == ("crop-flip", True)
 
 
 def test_a_printed_config_started_with_another_seed_gets_its_own_folder(tmp_path, capsys, cli_error):
