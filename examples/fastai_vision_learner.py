@@ -58,8 +58,17 @@ def mixmatch_vision_learner(root: Path, arch: str, pretrained: bool, size: int, 
 
 def main() -> None:
     args = build_parser().parse_args()
-    learn = mixmatch_vision_learner(Path(args.data_dir).expanduser(), args.arch, args.pretrained, args.size, args.bs,
-                                    args.lambda_u, args.rampup_steps)
+    try:
+        learn = mixmatch_vision_learner(Path(args.data_dir).expanduser(), args.arch, args.pretrained, args.size,
+                                        args.bs, args.lambda_u, args.rampup_steps)
+    except OSError as error:  # urllib's URLError where there is no network and the weights are not cached
+        import torch
+
+        raise SystemExit(
+            f"{args.arch}'s ImageNet weights are not in torch's cache ({torch.hub.get_dir()}/checkpoints) and cannot "
+            f"be downloaded here ({getattr(error, 'reason', error)}): fetch them on a machine with a network, or "
+            "pass --no-pretrained"
+        ) from None
     learn.fine_tune(args.epochs)
     loss, accuracy = learn.validate()
     result = dict(arch=args.arch, pretrained=args.pretrained, size=args.size, epochs=args.epochs,

@@ -7,6 +7,7 @@ import urllib.error
 import pytest
 import torch
 import torchvision
+from PIL import Image
 
 from conftest import photo_folder
 from mixmatch.cli import main
@@ -60,8 +61,14 @@ def test_a_weights_file_of_another_architecture_or_no_state_dict_is_one_line(res
     with pytest.raises(BackboneError, match=r"^--weights .*resnet18.pth does not fit resnet34: missing layer1\.2\."):
         build_model("resnet34", 3, 3, 32, weights_file=resnet18_file)
     (tmp_path / "notes.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(BackboneError, match="is not a state dict that loads safely"):
+    with pytest.raises(BackboneError, match="loads safely: it is not a file that torch.save or safetensors wrote$"):
         build_model("resnet18", 3, 3, 32, weights_file=tmp_path / "notes.pth")
+    torch.save(torchvision.models.resnet18(), tmp_path / "whole.pth")  # the model object, not its state dict
+    with pytest.raises(BackboneError, match=r"holds Python objects, such as a whole pickled model: save model\.state"):
+        build_model("resnet18", 3, 3, 32, weights_file=tmp_path / "whole.pth")
+    (tmp_path / "empty.pth").touch()
+    with pytest.raises(BackboneError, match=r"empty.pth is empty \(0 bytes\)$"):
+        build_model("resnet18", 3, 3, 32, weights_file=tmp_path / "empty.pth")
     with pytest.raises(BackboneError, match="nope.pth does not exist"):
         build_model("resnet18", 3, 3, 32, weights_file=tmp_path / "nope.pth")
     with pytest.raises(BackboneError, match="cnn has no pretrained weights"):
@@ -69,17 +76,54 @@ def test_a_weights_file_of_another_architecture_or_no_state_dict_is_one_line(res
 
 
 def test_pretrained_without_a_network_or_a_cached_file_says_which_file_to_put_where(tmp_path, monkeypatch, cli_error):
+    from mixmatch.models import backbones
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    line = cli_error("train", "--arch", "resnet18", "--pretrained", "--steps", "1", "--out", str(tmp_path / "run"))
     expected = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
-    assert line == ("mixmatch: error: --pretrained: resnet18's weights are not in torch's cache and cannot be "
-                    "downloaded here (<urlopen error no network>): put "
-                    f"https://download.pytorch.org/models/resnet18-f37072fd.pth at {expected}, or give --weights PATH")
+    # Where the host answers but the download fails, and where it does not answer (then nothing is tried).
+    for answers, reason in ((True, "<urlopen error no network>"), (False, "download.pytorch.org cannot be reached")):
+        monkeypatch.setattr(backbones, "reachable", lambda url, answers=answers: answers)
+        line = cli_error("train", "--arch", "resnet18", "--pretrained", "--steps", "1", "--out", str(tmp_path / "run"))
+        assert line == ("mixmatch: error: --pretrained: resnet18's weights are not in torch's cache and cannot be "
+                        f"downloaded here ({reason}): put https://download.pytorch.org/models/resnet18-f37072fd.pth "
+                        f"at {expected}, or give --weights PATH")
+
+
+def test_timm_pretrained_without_a_network_names_the_cache_at_once(tmp_path, monkeypatch):
+    pytest.importorskip("timm", reason="timm is an optional extra: pip install 'mixmatch[timm]'")
+    from huggingface_hub import constants
+
+    from mixmatch.models import backbones
+
+    offline_before = constants.HF_HUB_OFFLINE
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(backbones, "reachable", lambda url: False)  # the hub is then asked offline: no retries
+    with pytest.raises(BackboneError) as error:
+        build_backbone("timm/resnet10t", 3, 3, pretrained=True)
+    assert str(error.value) == (
+        f"--pretrained: timm/resnet10t's weights are not in the Hugging Face cache ({tmp_path / 'hub'}) and cannot "
+        "be downloaded here (huggingface.co cannot be reached): fetch timm/resnet10t.c3_in1k into it on a machine "
+        "with a network, or give --weights PATH"
+    )
+    assert offline_before == constants.HF_HUB_OFFLINE  # the hub is online again for whatever comes next
+
+
+def test_weights_come_from_one_source_and_a_warm_up_leaves_steps_at_the_full_rate(resnet18_file):
+    with pytest.raises(ConfigError, match="^weights and --pretrained are two sources"):
+        TrainConfig(arch="resnet18", pretrained=True, weights=str(resnet18_file)).validate()
+    with pytest.raises(ConfigError, match="^weights is for torchvision and timm backbones, not wrn28_2"):
+        TrainConfig(arch="wrn28_2", weights=str(resnet18_file)).validate()
+    with pytest.raises(ConfigError, match="warmup_steps 50 leaves none of the 10 steps"):
+        TrainConfig(arch="resnet18", steps=10, warmup_steps=50).validate()
+    TrainConfig(arch="resnet18", steps=10, warmup_steps=9).validate()
+    pytest.importorskip("timm", reason="timm is an optional extra: pip install 'mixmatch[timm]'")
+    with pytest.raises(ValueError, match="^timm has no model 'resnet1800'; the closest: "):
+        build_model("timm/resnet1800", 3, 3, 32)
 
 
 def test_pretrained_weights_bring_their_normalisation_and_image_size(photos, resnet18_file):
@@ -90,7 +134,7 @@ def test_pretrained_weights_bring_their_normalisation_and_image_size(photos, res
     assert TrainConfig(**{**cfg.to_dict(), "image_size": 64}).resolved().image_size == 64  # ... unless given
     assert TrainConfig(dataset="folder", arch="resnet18").resolved().image_size == 32  # random weights: ours
     assert TrainConfig(dataset="digits", arch="resnet18", pretrained=True).resolved().image_size == 32
-    with pytest.raises(ConfigError, match="pretrained weights are for torchvision and timm backbones, not wrn10_1"):
+    with pytest.raises(ConfigError, match="pretrained is for torchvision and timm backbones, not wrn10_1"):
         TrainConfig(arch="wrn10_1", pretrained=True).validate()
     with pytest.raises(ConfigError, match="unknown architecture 'resnet1800'; choose one of wrn28_2"):
         TrainConfig(arch="resnet1800").validate()
@@ -140,23 +184,40 @@ def test_a_timm_model_trains_from_a_weights_file(photos, tmp_path, capsys):
     assert state["model"]["fc.weight"].shape == (3, 512)
     assert main(["export", str(run)]) == 0
     assert main(["evaluate", "--model", str(run), "--data-dir", str(photos)]) == 0
+    # model.json names its model; a grey copy of the folder is evaluated as predict reads grey files, in RGB
+    grey = tmp_path / "grey"
+    for image in photos.rglob("*.png"):
+        (grey / image.relative_to(photos)).parent.mkdir(parents=True, exist_ok=True)
+        Image.open(image).convert("L").save(grey / image.relative_to(photos))
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(run / "model.json"), "--data-dir", str(grey), "--out",
+                 str(tmp_path / "grey.png")]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == len(list((photos / "test").rglob("*.png")))
 
 
 # ---- fine-tuning: the backbone's rate, the warm-up, the decay per group -----------------------------------------
 
 
 def test_fine_tuning_takes_its_own_optimiser_settings_and_a_flag_wins(resnet18_file):
-    from mixmatch.config import FINETUNE, FINETUNE_WARMUP_SHARE
+    from mixmatch.config import FINETUNE
 
     tuned = TrainConfig(dataset="fashion-mnist", arch="resnet18", weights=str(resnet18_file), method="fixmatch")
     cfg = tuned.resolved()
     assert (cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.backbone_lr_scale) == tuple(
-        FINETUNE[k] for k in ("optimizer", "lr", "weight_decay", "backbone_lr_scale"))  # not FixMatch's SGD
-    assert cfg.warmup_steps == int(FINETUNE_WARMUP_SHARE * cfg.steps) > 0
+        FINETUNE[k] for k in ("optimizer", "lr", "weight_decay")) + (1.0,)  # not FixMatch's SGD
+    assert cfg.warmup_steps == 0
     mine = TrainConfig(**{**tuned.to_dict(), "lr": 0.01, "warmup_steps": 7, "backbone_lr_scale": 1.0}).resolved()
     assert (mine.lr, mine.warmup_steps, mine.backbone_lr_scale) == (0.01, 7, 1.0)
     scratch = TrainConfig(dataset="fashion-mnist", arch="resnet18").resolved()  # random weights: nothing to spare
     assert (scratch.warmup_steps, scratch.backbone_lr_scale, scratch.lr) == (0, 1.0, 0.002)
+    # The unlabelled loss ramps up over the whole run where it fine-tunes (the preset's 2000 of 5000 otherwise);
+    # FixMatch, which has no ramp-up, keeps none; a flag wins.
+    assert cfg.rampup_steps == 0 and scratch.rampup_steps == 2000
+    for steps in (5000, 300):
+        ramped = TrainConfig(dataset="fashion-mnist", arch="resnet18", weights=str(resnet18_file), steps=steps)
+        assert ramped.resolved().rampup_steps == steps
+    own = TrainConfig(dataset="fashion-mnist", arch="resnet18", weights=str(resnet18_file), rampup_steps=40)
+    assert own.resolved().rampup_steps == 40
     with pytest.raises(ConfigError, match="backbone_lr_scale is for torchvision and timm backbones, not wrn10_1"):
         TrainConfig(arch="wrn10_1", backbone_lr_scale=0.5).validate()
     with pytest.raises(ConfigError, match="the onecycle schedule warms the learning rate up itself"):

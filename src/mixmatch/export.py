@@ -59,6 +59,8 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     path = Path(path)
     if path.is_dir():
         path = path / runfolder.MODEL
+    elif path.suffix == ".json":  # model.json names the model beside it
+        path = path.with_suffix(Path(runfolder.MODEL).suffix)
     if not path.is_file():
         raise checkpoint.CheckpointError(f"model file {path} does not exist (write one with `mixmatch export RUN_DIR`)")
     if path.suffix == ".pt":
@@ -158,6 +160,19 @@ def predict(model_path: str | Path, inputs: list[str | Path]) -> list[dict[str, 
     ]
 
 
+def as_channels(images: Tensor, channels: int) -> Tensor:
+    """uint8 images (N, C, H, W) with `channels` channels where grey and RGB meet, as predict reads a file: grey
+    copied into R, G and B, or RGB to ITU-R 601 luma (torchvision's rgb_to_grayscale, Pillow's "L"); other
+    counts as they are."""
+    from torchvision.transforms.functional import rgb_to_grayscale
+
+    if images.shape[1] == 1 and channels == 3:
+        return images.expand(-1, 3, -1, -1)
+    if images.shape[1] == 3 and channels == 1:
+        return rgb_to_grayscale(images)
+    return images
+
+
 def confusion_matrix(predicted: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     """(L, L) counts, row = true class, column = predicted class."""
     return torch.bincount(labels * num_classes + predicted, minlength=num_classes**2).view(num_classes, num_classes)
@@ -227,8 +242,9 @@ def evaluate(
     png = Path(out) if out is not None else folder / f"confusion-{dataset}.png"
     runfolder.writable_file(png, "confusion matrix", hint="--out FILE writes it elsewhere")
     data = load_for_config(cfg)
+    images = as_channels(data.test_images, meta["in_channels"])
     shape = (meta["in_channels"], meta["image_size"], meta["image_size"])
-    if tuple(data.shape) != shape or data.num_classes != meta["num_classes"]:
+    if tuple(images.shape[1:]) != shape or data.num_classes != meta["num_classes"]:
         c, s, _ = data.shape
         raise checkpoint.CheckpointError(
             f"{dataset} has {data.num_classes} classes of {c}x{s}x{s} images; the model is {checkpoint.describe(meta)}"
@@ -239,7 +255,7 @@ def evaluate(
         raise checkpoint.CheckpointError(
             f"class {i} of {dataset} is {here!r}, the model's class {i} is {model_class!r}"
         )
-    predicted = classify(model, meta, data.test_images).argmax(-1)
+    predicted = classify(model, meta, images).argmax(-1)
     matrix = confusion_matrix(predicted, data.test_labels, data.num_classes)
     accuracy = matrix.trace().item() / len(data.test_labels)
     runfolder.make_folder(png.parent)

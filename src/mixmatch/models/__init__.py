@@ -46,16 +46,13 @@ def build_model(
         if arch == "wrn10_2":
             return wrn10_2(num_classes, in_channels)
         return SmallCNN(num_classes, in_channels, image_size)
-    from .backbones import build_backbone, is_backbone, timm_missing
+    from .backbones import build_backbone, is_backbone, timm_missing, unknown_arch
 
     missing = timm_missing(arch)
     if missing:
         raise ValueError(missing)
     if not is_backbone(arch):
-        raise ValueError(
-            f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}, a torchvision classification "
-            "model (resnet18, efficientnet_b0, ...) or timm/<name>"
-        )
+        raise ValueError(unknown_arch(arch, ARCHITECTURES))
     return build_backbone(arch, num_classes, in_channels, pretrained=pretrained, weights_file=weights_file)
 
 

@@ -11,9 +11,16 @@ safetensors, of the same architecture). Pretrained weights bring their own norma
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import re
+import socket
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -60,6 +67,38 @@ def is_backbone(arch: str) -> bool:
             return False
         return timm.is_model(arch[len(TIMM) :])
     return arch in torchvision_names()
+
+
+def unknown_arch(arch: str, ours: tuple[str, ...]) -> str:
+    """One line for an `--arch` that names nothing: the closest names of `ours`, torchvision's or timm's."""
+    if arch.startswith(TIMM):
+        import timm
+
+        name = arch[len(TIMM) :]
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        return f"timm has no model {name!r}" + (f"; the closest: {', '.join(close)}" if close else "")
+    close = difflib.get_close_matches(arch, [*ours, *torchvision_names()], n=3)
+    hint = f" (the closest: {', '.join(close)})" if close else ""
+    return (
+        f"unknown architecture {arch!r}; choose one of {', '.join(ours)}, a torchvision classification "
+        f"model (resnet18, efficientnet_b0, ...) or timm/<name>{hint}"
+    )
+
+
+def reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether `url`'s host answers on its port: a download is tried only where it can succeed, so that a machine
+    without a network gets our one line at once instead of a library's retries."""
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _first_sentence(error: BaseException, limit: int = 160) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(error).split()))
+    return text.split(". ")[0][:limit]
 
 
 def timm_missing(arch: str) -> str | None:
@@ -109,16 +148,18 @@ def _torchvision_model(arch: str, pretrained: bool) -> nn.Module:
         return torchvision.models.get_model(arch, weights=None)
     weights = torchvision.models.get_model_weights(arch).DEFAULT
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    missing = (
+        f"--pretrained: {arch}'s weights are not in torch's cache and cannot be downloaded here ({{}}): put "
+        f"{weights.url} at {cached}, or give --weights PATH"
+    )
+    if not cached.is_file() and not reachable(weights.url):
+        raise BackboneError(missing.format(f"{urlparse(weights.url).hostname} cannot be reached"))
     try:
         return torchvision.models.get_model(arch, weights=weights)
-    except Exception as error:  # urllib's, socket's and http's errors where there is no network
+    except Exception as error:  # urllib's, socket's and http's errors where the network fails midway
         if cached.is_file():
             raise
-        reason = " ".join(str(error).split())[:80]
-        raise BackboneError(
-            f"--pretrained: {arch}'s weights are not in torch's cache and cannot be downloaded here ({reason}): put "
-            f"{weights.url} at {cached}, or give --weights PATH"
-        ) from None
+        raise BackboneError(missing.format(_first_sentence(error))) from None
 
 
 def _timm_model(name: str, pretrained: bool) -> nn.Module:
@@ -126,16 +167,25 @@ def _timm_model(name: str, pretrained: bool) -> nn.Module:
 
     if not pretrained:
         return timm.create_model(name, pretrained=False)
+    from huggingface_hub import constants
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    where = cfg.hf_hub_id or cfg.url or "its source"
+    # Without a network the hub retries for a minute before it fails; offline, it reads its cache alone.
+    offline = not reachable(constants.ENDPOINT)
     try:
-        return timm.create_model(name, pretrained=True)
+        with contextlib.ExitStack() as stack:
+            if offline:
+                stack.enter_context(mock.patch.object(constants, "HF_HUB_OFFLINE", True))
+            return timm.create_model(name, pretrained=True)
     except Exception as error:  # Hugging Face hub's errors where there is no network and nothing cached
-        cfg = timm.models.get_pretrained_cfg(name)
-        where = cfg.hf_hub_id or cfg.url or "its source"
-        reason = " ".join(str(error).split())[:80]
+        reason = f"{urlparse(constants.ENDPOINT).hostname} cannot be reached" if offline else _first_sentence(error)
         raise BackboneError(
-            f"--pretrained: timm/{name}'s weights are not in the Hugging Face cache and cannot be downloaded here "
-            f"({reason}): fetch {where} on a machine with a network (HF_HOME holds the cache), or give --weights PATH"
+            f"--pretrained: timm/{name}'s weights are not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+            f"cannot be downloaded here ({reason}): fetch {where} into it on a machine with a network, or give "
+            "--weights PATH"
         ) from None
+
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -143,6 +193,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     from a {"state_dict": ...} or {"model": ...} record and from DistributedDataParallel's "module." prefix."""
     if not path.is_file():
         raise BackboneError(f"--weights {path} does not exist")
+    if path.stat().st_size == 0:
+        raise BackboneError(f"--weights {path} is empty (0 bytes)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -151,8 +203,13 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a damaged file or one holding code: torch's and safetensors' many error types
-        reason = " ".join(str(error).split())[:120]
-        raise BackboneError(f"--weights {path} is not a state dict that loads safely ({reason})") from None
+        if "Weights only load failed" not in str(error):
+            reason = _first_sentence(error)
+        elif zipfile.is_zipfile(path):  # torch.save's format, holding objects that only code can rebuild
+            reason = "it holds Python objects, such as a whole pickled model: save model.state_dict() instead"
+        else:
+            reason = "it is not a file that torch.save or safetensors wrote"
+        raise BackboneError(f"--weights {path} is not a state dict that loads safely: {reason}") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -154,6 +154,6 @@ def plan(cfg: TrainConfig, seconds_per_step: float, seconds_per_evaluation: floa
         f"distribution alignment {'on' if planned.distribution_alignment else 'off'}, {evaluations} evaluation"
         f"{'' if evaluations == 1 else 's'}"
         f"{fewer}. "
-        f"Train longer with --minutes {4 * minutes:g}, or set --steps."
+        + ("Fewer steps: set --steps." if floor else f"Train longer with --minutes {4 * minutes:g}, or set --steps.")
     )
     return planned, why

@@ -572,7 +572,7 @@ class Trainer:
                 loss_x=mean[1],
                 loss_u=mean[2],
                 lambda_u=self.method.lambda_u_at(self.step),
-                lr=self.optimizer.param_groups[0]["lr"],
+                lr=max(group["lr"] for group in self.optimizer.param_groups),  # --lr's: the classifier's group
             )
         )
         bar.set_postfix(loss=f"{mean[0]:.3f}", acc=f"{accuracy:.3f}")
