@@ -130,11 +130,10 @@ class TrainConfig:
         "optimisation"
     )
     warmup_steps: int | None = _opt(
-        None, "steps over which the learning rate rises linearly from 0 (default none; fine-tuning: a share)",
-        "optimisation",
+        None, "steps over which the learning rate rises linearly from 0 (default none)", "optimisation"
     )
     backbone_lr_scale: float | None = _opt(
-        None, "a backbone's rate as a share of --lr, its classifier's (default 1; fine-tuning 0.1)", "optimisation"
+        None, "a backbone's rate as a share of --lr, its classifier's (default 1: one rate for all)", "optimisation"
     )
     bn_mode: BnMode = _opt(
         "concat",
