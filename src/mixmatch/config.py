@@ -133,7 +133,7 @@ class TrainConfig:
         None, "steps over which the learning rate rises linearly from 0 (default none)", "optimisation"
     )
     backbone_lr_scale: float | None = _opt(
-        None, "a backbone's rate as a share of --lr, its classifier's (default 1: one rate for all)", "optimisation"
+        None, "the pretrained layers' learning rate as a share of --lr (default 1)", "optimisation"
     )
     bn_mode: BnMode = _opt(
         "concat",
