@@ -95,7 +95,7 @@ def test_pretrained_without_a_network_or_a_cached_file_says_which_file_to_put_wh
 
 
 def test_timm_pretrained_without_a_network_names_the_cache_at_once(tmp_path, monkeypatch):
-    pytest.importorskip("timm", reason="timm is an optional extra: pip install 'mixmatch[timm]'")
+    timm = pytest.importorskip("timm", reason="timm is an optional extra: pip install 'mixmatch[timm]'")
     from huggingface_hub import constants
 
     from mixmatch.models import backbones
@@ -107,8 +107,9 @@ def test_timm_pretrained_without_a_network_names_the_cache_at_once(tmp_path, mon
         build_backbone("timm/resnet10t", 3, 3, pretrained=True)
     assert str(error.value) == (
         f"--pretrained: timm/resnet10t's weights are not in the Hugging Face cache ({tmp_path / 'hub'}) and cannot "
-        "be downloaded here (huggingface.co cannot be reached): fetch timm/resnet10t.c3_in1k into it on a machine "
-        "with a network, or give --weights PATH"
+        "be downloaded here (huggingface.co cannot be reached): fetch "
+        f"{timm.models.get_pretrained_cfg('resnet10t').hf_hub_id} into it on a machine with a network, or give "
+        "--weights PATH"
     )
     assert offline_before == constants.HF_HUB_OFFLINE  # the hub is online again for whatever comes next
 
