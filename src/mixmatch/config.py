@@ -211,18 +211,17 @@ class TrainConfig:
             preset = {k: v for k, v in preset.items() if k != "max_minutes"}
         values = dataclasses.asdict(self)
         own = dict(METHOD_DEFAULTS.get(values["method"], {}))
-        if values["pretrained"] or values["weights"]:  # fine-tuning: its optimiser settings, for every method
+        if self.fine_tunes:  # its optimiser settings, for every method
             own.update(FINETUNE)
         values.update({k: v for k, v in own.items() if values[k] is None})
-        fine_tuning = bool(values["pretrained"] or values["weights"])
-        if values["method"] in METHOD_RAMPUP_SHARE or fine_tuning:  # a share of the run's steps, not the preset's
+        if values["method"] in METHOD_RAMPUP_SHARE or self.fine_tunes:  # a share of the run's steps, not the preset's
             preset = {k: v for k, v in preset.items() if k != "rampup_steps"}
         values = {k: (preset.get(k) if v is None and k in preset else v) for k, v in values.items()}
         device = DEVICE_DEFAULTS[device_type(values["device"])]
         values.update({k: device[k] for k in DEVICE_FIELDS if values[k] is None})
         if values["image_size"] is None:
             values["image_size"] = 32
-            if values["dataset"] == "folder" and (values["pretrained"] or values["weights"]):  # at the weights' size
+            if values["dataset"] == "folder" and self.fine_tunes:  # at the weights' size
                 from .models.backbones import is_backbone, spec
 
                 if values["arch"] is not None and is_backbone(values["arch"]):
@@ -233,13 +232,30 @@ class TrainConfig:
         cfg = TrainConfig(**values)
         return cfg if cfg.steps is None or cfg.minutes is not None else cfg.with_steps(cfg.steps)
 
+    @property
+    def fine_tunes(self) -> bool:
+        """Whether the run starts a backbone from trained weights (--pretrained or --weights)."""
+        return bool(self.pretrained or self.weights)
+
+    def scaled_to(self, steps: int, eval_every: int) -> TrainConfig:
+        """A copy of this config with steps (resolved) that trains `steps` instead, its ramp-up and warm-up scaled
+        by the same share so that the run keeps its shape, evaluated every `eval_every` steps."""
+        share = steps / self.steps
+        return dataclasses.replace(
+            self,
+            steps=steps,
+            rampup_steps=round(self.rampup_steps * share),
+            warmup_steps=round(self.warmup_steps * share),
+            eval_every=eval_every,
+        )
+
     def with_steps(self, steps: int, eval_every: int | None = None) -> TrainConfig:
         """A copy that trains `steps` steps (a time budget's minutes are spent): lambda_u ramps up over the
         method's share of them (METHOD_RAMPUP_SHARE, else RAMPUP_SHARE; FINETUNE_RAMPUP_SHARE where it fine-tunes
         and has a ramp-up), and the test split is evaluated EVALUATIONS times, where the config does not
         say otherwise (its own ramp-up and warm-up, its own or the given `eval_every`)."""
         share = METHOD_RAMPUP_SHARE.get(self.method, RAMPUP_SHARE)
-        if share and (self.pretrained or self.weights):  # a method without a ramp-up keeps none
+        if share and self.fine_tunes:  # a method without a ramp-up keeps none
             share = FINETUNE_RAMPUP_SHARE
         return dataclasses.replace(
             self,
@@ -296,7 +312,7 @@ class TrainConfig:
                 from .models.backbones import unknown_arch
 
                 raise ConfigError("arch", unknown_arch(self.arch, ARCHITECTURES))
-            if (self.pretrained or self.weights) and self.arch in ARCHITECTURES:
+            if self.fine_tunes and self.arch in ARCHITECTURES:
                 source = "weights" if self.weights else "pretrained"
                 raise ConfigError(source, f"{source} is for torchvision and timm backbones, not {self.arch}")
             if self.pretrained and self.weights:

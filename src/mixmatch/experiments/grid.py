@@ -201,15 +201,7 @@ def with_length_of(cfg: TrainConfig, fitted: TrainConfig) -> TrainConfig:
     ramp-up by the same fraction, as budget.cap scaled the fitted run's)."""
     if cfg.steps is None:
         return cfg.with_steps(fitted.steps, fitted.eval_every)
-    share = fitted.steps / cfg.steps
-    return dataclasses.replace(
-        cfg,
-        steps=fitted.steps,
-        rampup_steps=round(cfg.rampup_steps * share),
-        warmup_steps=round(cfg.warmup_steps * share),
-        eval_every=fitted.eval_every,
-        minutes=None,
-    )
+    return dataclasses.replace(cfg.scaled_to(fitted.steps, fitted.eval_every), minutes=None)
 
 
 def _fitted(

@@ -10,8 +10,6 @@ those would take over EVAL_SHARE of the budget). A CPU preset's fixed steps are 
 
 from __future__ import annotations
 
-import dataclasses
-
 from ..config import EVALUATIONS, ConfigError, TrainConfig, device_type
 from .distributed import ProcessGroup
 
@@ -89,14 +87,8 @@ def cap(
     kept = _evaluations_that_fit(cfg.max_minutes, evaluations, seconds_per_evaluation)
     if kept < evaluations:  # the evaluations would crowd out the steps: fewer of them, and the steps they free
         fit = _steps_that_fit(cfg.max_minutes, seconds_per_step, kept, seconds_per_evaluation)
-    share = fit / cfg.steps
-    capped = dataclasses.replace(
-        cfg,
-        steps=fit,
-        rampup_steps=round(cfg.rampup_steps * share),
-        warmup_steps=round(cfg.warmup_steps * share),
-        eval_every=max(1, fit // kept) if kept < evaluations else max(1, round(cfg.eval_every * share)),
-    )
+    every = max(1, fit // kept) if kept < evaluations else max(1, round(cfg.eval_every * (fit / cfg.steps)))
+    capped = cfg.scaled_to(fit, eval_every=every)
     why = (
         f"{cfg.dataset} on {device_type(cfg.device)}: {cfg.steps} steps at "
         f"{seconds_per_step * 1000:.0f} ms a step and {_seconds(seconds_per_evaluation)} s an evaluation (measured) "

@@ -179,7 +179,7 @@ class Trainer:
         self.unlabeled_x = pool.to(self.device) if METHODS[cfg.method].uses_unlabeled else None
 
         mean, std = self.data.channel_stats()
-        if cfg.pretrained or cfg.weights:  # pretrained weights expect the normalisation they were trained with
+        if cfg.fine_tunes:  # pretrained weights expect the normalisation they were trained with
             channels = self.data.shape[0]
             mean, std = (torch.tensor(v) for v in backbones.spec(cfg.arch).for_channels(channels))
         self.augment = Augmenter(
