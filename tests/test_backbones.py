@@ -107,9 +107,9 @@ def test_timm_pretrained_without_a_network_names_the_cache_at_once(tmp_path, mon
         build_backbone("timm/resnet10t", 3, 3, pretrained=True)
     assert str(error.value) == (
         f"--pretrained: timm/resnet10t's weights are not in the Hugging Face cache ({tmp_path / 'hub'}) and cannot "
-        "be downloaded here (huggingface.co cannot be reached): fetch "
-        f"{timm.models.get_pretrained_cfg('resnet10t').hf_hub_id} into it on a machine with a network, or give "
-        "--weights PATH"
+        "be downloaded here (huggingface.co cannot be reached): fetch https://huggingface.co/"
+        f"{timm.models.get_pretrained_cfg('resnet10t').hf_hub_id}/resolve/main/model.safetensors on a machine with "
+        "a network and give --weights PATH"
     )
     assert offline_before == constants.HF_HUB_OFFLINE  # the hub is online again for whatever comes next
 

@@ -21,7 +21,9 @@ from typing import Any, Literal, get_args, get_origin
 
 from . import runfolder
 from .config import (
+    FINETUNE,
     GROUPS,
+    METHOD_DEFAULTS,
     METHOD_NAMES,
     PRESETS,
     ConfigError,
@@ -59,7 +61,7 @@ def add_config_flags(
         for f in members:
             default, shown = defaults.get(f.name, (f.default, None))
             if shown is None and default is None and f.name in PRESETS["default"]:
-                shown = "data set preset"
+                shown = preset_default(f.name)
             help_text = f.metadata["help"].replace("%", "%%")
             if shown is not None:
                 help_text += f" (default: {shown})"
@@ -74,6 +76,18 @@ def add_config_flags(
                 group.add_argument(flag(f.name), type=int_or_auto, default=default, help=help_text)
             else:
                 group.add_argument(flag(f.name), type=kind, default=default, help=help_text)
+
+
+def preset_default(name: str) -> str:
+    """How --help shows a field whose default is the data set's preset: with the methods and fine-tuning, which
+    put their own value in its place (config.METHOD_DEFAULTS, config.FINETUNE)."""
+    shown = "data set preset"
+    methods = [method for method, settings in METHOD_DEFAULTS.items() if name in settings]
+    if methods:
+        shown += f"; {'the other methods' if len(methods) == len(METHOD_DEFAULTS) else ', '.join(methods)}: their own"
+    if name in FINETUNE:
+        shown += f"; fine-tuning: {FINETUNE[name]}"
+    return shown
 
 
 def data_fields(split: bool = False) -> list[str]:

@@ -109,7 +109,7 @@ class TrainConfig:
     alpha: float | None = _opt(
         None, "Beta(alpha, alpha) of MixUp (MixMatch, MixUp, ICT); 0 disables mixing", "MixMatch"
     )
-    lambda_u: float | None = _opt(None, "weight of the unlabelled loss after its ramp-up (each method's own)", "method")
+    lambda_u: float | None = _opt(None, "weight of the unlabelled loss after its ramp-up", "method")
     rampup_steps: int | None = _opt(None, "steps of the linear ramp-up of lambda_u from 0", "method")
     pad: int | None = _opt(None, "reflect-pad by this many pixels, then crop back at a random offset", "augmentation")
     flip: bool | None = _opt(None, "flip images horizontally at random", "augmentation")

@@ -170,7 +170,8 @@ def _timm_model(name: str, pretrained: bool) -> nn.Module:
     from huggingface_hub import constants
 
     cfg = timm.models.get_pretrained_cfg(name)
-    where = cfg.hf_hub_id or cfg.url or "its source"
+    # The file to fetch: timm's Hub repositories hold model.safetensors, which --weights reads as it is.
+    where = f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/model.safetensors" if cfg.hf_hub_id else cfg.url
     # Without a network the hub retries for a minute before it fails; offline, it reads its cache alone.
     offline = not reachable(constants.ENDPOINT)
     try:
@@ -182,7 +183,7 @@ def _timm_model(name: str, pretrained: bool) -> nn.Module:
         reason = f"{urlparse(constants.ENDPOINT).hostname} cannot be reached" if offline else _first_sentence(error)
         raise BackboneError(
             f"--pretrained: timm/{name}'s weights are not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
-            f"cannot be downloaded here ({reason}): fetch {where} into it on a machine with a network, or give "
+            f"cannot be downloaded here ({reason}): fetch {where or 'them'} on a machine with a network and give "
             "--weights PATH"
         ) from None
 
