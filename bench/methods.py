@@ -5,10 +5,10 @@ unlabelled batch: MixMatch K=2 views of 64, FixMatch mu x 64 weak and strong vie
 Each method's step (augmentation, every forward and backward pass, the optimiser and the EMA) is timed in rounds
 that alternate between the methods, so every method sees the same machine load; the table gives the median
 milliseconds a step and the ratio to MixMatch's, and what 5000 steps would take. With this machine's default
-precision, and with `--amp off` for a CPU without bf16 units.
+precision, and with `--amp off --channels-last off` as the stand-in for a CPU without bf16 units.
 
     python bench/methods.py --json results/perf/perf-methods-epyc.json
-    python bench/methods.py --amp off --methods mixmatch fixmatch --mu 2 7
+    python bench/methods.py --amp off --channels-last off --json results/perf/perf-methods-epyc-fp32.json
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from mixmatch.config import METHOD_NAMES, TrainConfig
 from mixmatch.training.trainer import Trainer
 
 
-def make_trainer(method: str, amp: str, mu: int | None) -> Trainer:
+def make_trainer(method: str, amp: str, channels_last: str, mu: int | None) -> Trainer:
     config = TrainConfig(dataset="fashion-mnist", method=method, arch="wrn10_1", num_labels=100, steps=100_000,
-                         amp=amp, compile="off", progress=False, out="/tmp/mixmatch-bench-methods",
-                         mu=mu if method == "fixmatch" else None)
+                         amp=amp, channels_last=channels_last, compile="off", progress=False,
+                         out="/tmp/mixmatch-bench-methods", mu=mu if method == "fixmatch" else None)
     return Trainer(config, synthetic((1, 28, 28)))
 
 
@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=METHOD_NAMES)
     parser.add_argument("--mu", nargs="+", type=int, default=[2, 7], help="FixMatch's mu, each timed as a row")
     parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"))
+    parser.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"))
     parser.add_argument("--steps", type=int, default=12, help="timed steps per method, over all rounds")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
@@ -46,7 +47,7 @@ def main() -> None:
 
     rows = [(m, None) for m in args.methods if m != "fixmatch"]
     rows += [("fixmatch", mu) for mu in args.mu] if "fixmatch" in args.methods else []
-    trainers = {row: make_trainer(row[0], args.amp, row[1]) for row in rows}
+    trainers = {row: make_trainer(row[0], args.amp, args.channels_last, row[1]) for row in rows}
     for trainer in trainers.values():
         trainer.step = 10**6  # every loss at full weight
         timed_steps(trainer, args.warmup)
