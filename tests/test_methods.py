@@ -94,6 +94,26 @@ def test_each_method_starts_from_its_official_settings_and_a_flag_wins(method):
     assert TrainConfig(dataset="svhn").resolved().lambda_u == 250
 
 
+def test_on_svhn_each_method_takes_the_official_svhn_scripts_settings():
+    # runs/table6.sh (SVHN's train split) and table7.sh (its extra split too), typed out here from the scripts
+    table6 = {
+        "ict": dict(lambda_u=20, alpha=0.5, weight_decay=0.02),
+        "mean-teacher": dict(lambda_u=150, weight_decay=0.02),
+        "mixmatch": dict(lambda_u=250, alpha=0.75, weight_decay=0.02),
+        "mixup": dict(alpha=0.25, weight_decay=0.02),
+        "pi-model": dict(lambda_u=5, weight_decay=0.2),
+        "pseudo-label": dict(lambda_u=2, weight_decay=0.02),
+        "vat": dict(lambda_u=0.3, weight_decay=0.02),
+    }
+    table7 = dict(table6, **{"mean-teacher": dict(lambda_u=180, weight_decay=0.02),
+                             "mixmatch": dict(lambda_u=250, alpha=0.25, weight_decay=0.02)})
+    for dataset, table in (("svhn", table6), ("svhn-extra", table7)):
+        for method, settings in table.items():
+            cfg = TrainConfig(dataset=dataset, method=method).resolved()
+            assert {k: getattr(cfg, k) for k in settings} == settings, (dataset, method)
+    assert TrainConfig(dataset="svhn", method="ict", alpha=0.3).resolved().alpha == 0.3  # a flag still wins
+
+
 def test_pi_model_and_mean_teacher_see_no_inconsistency_between_identical_views():
     step = Step(teacher=True)  # the teacher is a copy of the model's weights, as the EMA is when it starts
     for method in (PiModel(lambda_u=1.0, rampup_steps=0), MeanTeacher(lambda_u=1.0, rampup_steps=0)):

@@ -48,6 +48,14 @@ def test_wrn10_is_the_same_design_at_a_cpus_scale(channels, size, arch, widths):
     assert {m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)} == {0.01}
 
 
+def test_the_large_wrn_is_the_papers_26m_parameter_model():
+    # runs/table1.sh's --filters=135: WRN-28-2's design (widths 32-64-128 at --filters=32) at 135-270-540
+    model = build_model("wrn28_large", 100, 3, 32)
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6) == 26
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs) == 25 and sorted({m.out_channels for m in convs}) == [16, 135, 270, 540]
+
+
 def test_small_cnn_pooling_before_the_activation_changes_nothing():
     """The blocks pool before their leaky ReLU; outputs and gradients equal the usual conv-BN-act-pool order,
     also where BatchNorm's scale is negative (so the swap is not hidden by a positive affine map)."""

@@ -8,9 +8,9 @@ from pathlib import Path
 from torch import nn
 
 from .cnn import SmallCNN
-from .wrn import WideResNet, wrn10_1, wrn10_2, wrn28_2
+from .wrn import WideResNet, wrn10_1, wrn10_2, wrn28_2, wrn28_large
 
-ARCHITECTURES = ("wrn28_2", "wrn10_2", "wrn10_1", "cnn")
+ARCHITECTURES = ("wrn28_2", "wrn28_large", "wrn10_2", "wrn10_1", "cnn")
 
 
 def known(arch: str) -> bool:
@@ -41,6 +41,8 @@ def build_model(
                                 "and timm backbones (--arch resnet18, timm/...)")
         if arch == "wrn28_2":
             return wrn28_2(num_classes, in_channels)
+        if arch == "wrn28_large":
+            return wrn28_large(num_classes, in_channels)
         if arch == "wrn10_1":
             return wrn10_1(num_classes, in_channels)
         if arch == "wrn10_2":
@@ -56,4 +58,6 @@ def build_model(
     return build_backbone(arch, num_classes, in_channels, pretrained=pretrained, weights_file=weights_file)
 
 
-__all__ = ["ARCHITECTURES", "SmallCNN", "WideResNet", "build_model", "known", "wrn10_1", "wrn10_2", "wrn28_2"]
+__all__ = [
+    "ARCHITECTURES", "SmallCNN", "WideResNet", "build_model", "known", "wrn10_1", "wrn10_2", "wrn28_2", "wrn28_large"
+]

@@ -89,6 +89,12 @@ def wrn28_2(num_classes: int = 10, in_channels: int = 3) -> WideResNet:
     return WideResNet(num_classes, in_channels, filters=32, scales=3, repeat=4)
 
 
+def wrn28_large(num_classes: int = 10, in_channels: int = 3) -> WideResNet:
+    """WRN-28-2's design at 135 filters (widths 135-270-540, about 26M parameters): the paper's large model, which
+    its CIFAR-100 result uses (google-research/mixmatch runs/table1.sh, --filters=135)."""
+    return WideResNet(num_classes, in_channels, filters=135, scales=3, repeat=4)
+
+
 def wrn10_1(num_classes: int = 10, in_channels: int = 3) -> WideResNet:
     """WRN-10-1 (3 stages x 1 unit x 2 convs + stem + head, widths 16-32-64): the same design at a CPU's scale,
     about 1/25 of WRN-28-2's arithmetic per image."""
@@ -100,4 +106,4 @@ def wrn10_2(num_classes: int = 10, in_channels: int = 3) -> WideResNet:
     return WideResNet(num_classes, in_channels, filters=32, scales=3, repeat=1, bn_momentum=SHORT_RUN_BN_MOMENTUM)
 
 
-__all__ = ["WideResNet", "wrn10_1", "wrn10_2", "wrn28_2"]
+__all__ = ["WideResNet", "wrn10_1", "wrn10_2", "wrn28_2", "wrn28_large"]
