@@ -1,8 +1,9 @@
 """README.md and docs/: every result table is the one `mixmatch report` makes from the committed run folders, and
 every link and code name points at something that exists.
 
-A table sits between `<!-- results/NAME -->` and `<!-- /results/NAME -->`; NAME's run folders (those holding a
-summary.json) or, for the sharpening demo, its runs.json are read again and the table rebuilt. Rows are compared
+A table sits between `<!-- results/NAME -->` and `<!-- /results/NAME -->`; NAME's run folders (those its runs.txt
+names, where `mixmatch report --out` wrote one, else those in it holding a summary.json) or, for the sharpening demo,
+its runs.json are read again and the table rebuilt. Rows are compared
 as a set: the order of rows follows the order in which folders were given.
 """
 
@@ -18,7 +19,7 @@ import pytest
 import mixmatch
 from mixmatch.experiments.ablate import paper_column
 from mixmatch.experiments.demo import demo_table
-from mixmatch.experiments.report import aggregate, markdown_table, read_run
+from mixmatch.experiments.report import aggregate, markdown_table, read_run, report_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -34,7 +35,7 @@ def rebuilt_table(folder: Path, header: str) -> str:
     if (folder / "runs.json").exists():
         return demo_table(json.loads((folder / "runs.json").read_text())["runs"])[1]
     key = header.split("|")[1].strip()
-    runs = [read_run(d) for d in sorted(folder.iterdir()) if (d / "summary.json").exists()]
+    runs = [read_run(d) for d in report_runs(folder)]
     table = markdown_table(aggregate(runs, key), key)
     return paper_column(table) if "paper" in header else table
 

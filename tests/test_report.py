@@ -1,5 +1,7 @@
 """Tables from run records: the share of the labelled-only to fully supervised gap that a method closes."""
 
+from pathlib import Path
+
 import pytest
 
 from mixmatch.experiments.report import aggregate, markdown_table
@@ -94,3 +96,36 @@ def test_runs_on_a_validation_split_are_never_headed_test_accuracy(caplog):
     mixed = markdown_table(aggregate([*tuning, run("mixmatch", 2, 0.8)])).splitlines()[0]
     assert "| test and validation accuracy (%) |" in mixed
     assert "different splits" in caplog.text
+
+
+def test_a_report_folder_names_its_runs_and_they_are_read_again_from_it(tmp_path, monkeypatch):
+    import shutil
+
+    from mixmatch.experiments import report as report_module
+
+    root = tmp_path / "clone"
+    grid = root / "grid-40"
+    for name in ("mixmatch-seed0", "supervised-seed0"):
+        (grid / name).mkdir(parents=True)
+        (grid / name / "summary.json").write_text("{}")
+    (root / "grid-100" / "fully-supervised-seed0").mkdir(parents=True)
+    accuracy = {"mixmatch": 0.8, "supervised": 0.7, "fully-supervised": 0.9}
+
+    def read_run(folder):
+        method = Path(folder).name.split("-seed")[0]
+        return run(method, 0, accuracy[method])
+
+    monkeypatch.setattr(report_module, "read_run", read_run)
+    monkeypatch.setattr(report_module, "plot_curves", lambda runs, path, key: None)
+    dirs = [grid / "mixmatch-seed0", grid / "supervised-seed0", root / "grid-100" / "fully-supervised-seed0"]
+    report_module.report(dirs, grid)
+    assert (grid / "runs.txt").read_text().split() == [
+        "mixmatch-seed0", "supervised-seed0", "../grid-100/fully-supervised-seed0"]
+    shutil.copytree(root, tmp_path / "elsewhere")  # paths relative to the report: a clone elsewhere reads them
+    moved = report_module.report_runs(tmp_path / "elsewhere" / "grid-40")
+    assert [d.resolve() for d in moved] == [(tmp_path / "elsewhere" / d.relative_to(root)).resolve() for d in dirs]
+    shutil.rmtree(root / "grid-100")
+    with pytest.raises(FileNotFoundError, match="names run folders that are gone: .*fully-supervised-seed0"):
+        report_module.report_runs(grid)
+    (grid / "runs.txt").unlink()  # a grid's folder without one: the run folders in it
+    assert [d.name for d in report_module.report_runs(grid)] == ["mixmatch-seed0", "supervised-seed0"]

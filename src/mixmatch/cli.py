@@ -232,7 +232,9 @@ def build_parser() -> OneLineParser:
 
     report = commands.add_parser("report", help="Markdown table and PNG curves of finished run folders")
     report.add_argument("runs", nargs="+", help="run folders")
-    report.add_argument("--out", default=None, help="write results.md, results.json and curves.png here")
+    report.add_argument(
+        "--out", default=None, help="write results.md, results.json, runs.txt and curves or error-vs-labels PNG here"
+    )
     report.add_argument(
         "--by", default="method", help="the config field that groups runs (method, tag, ...), or run: a row per run"
     )

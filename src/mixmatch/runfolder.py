@@ -40,6 +40,8 @@ MODEL = "model.safetensors"
 # What a grid (`compare`, `ablate`), `report --out` and `demo` write beside their runs.
 RESULTS_JSON = "results.json"
 DEMO_RUNS = "runs.json"
+# `report --out`'s list of the run folders it was made from, one a line, relative to the report folder.
+REPORT_RUNS = "runs.txt"
 # The Software text chunk of every PNG the product writes, by which an image folder's scan knows its own figures.
 OUR_SOFTWARE = "mixmatch"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -42,6 +43,20 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         train=[r for r in records if "loss" in r],
         eval=evaluations,
     )
+
+
+def report_runs(folder: str | Path) -> list[Path]:
+    """The run folders a report in `folder` was made from (its runs.txt), or else the run folders in it (a grid's).
+    Raises FileNotFoundError where runs.txt names a folder that is gone."""
+    folder = Path(folder)
+    listed = folder / runfolder.REPORT_RUNS
+    if not listed.is_file():
+        return [d for d in sorted(folder.iterdir()) if (d / runfolder.SUMMARY).is_file()]
+    runs = [folder / line for line in listed.read_text().splitlines() if line.strip()]
+    gone = [str(d) for d in runs if not d.is_dir()]
+    if gone:
+        raise FileNotFoundError(f"{listed} names run folders that are gone: {', '.join(gone)}")
+    return runs
 
 
 def group_name(run: dict[str, Any], key: str) -> str:
@@ -110,6 +125,8 @@ def _gap_closed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if any(len(f) != 1 for f in found.values()):
         return plain
     sup, full = found["supervised"][0], found["fully-supervised"][0]
+    if full["accuracy_mean"] == sup["accuracy_mean"]:  # no gap to close
+        return plain
     by_seed = dict(zip(sup["seeds"], sup["accuracies"], strict=True))
     for row, source in zip(plain, rows, strict=True):
         if source is sup or source is full:
@@ -219,8 +236,9 @@ def plot_error_against_labels(rows: list[dict[str, Any]], path: str | Path, titl
 
 
 def report(run_dirs: list[str | Path], out: str | Path | None = None, key: str = "method") -> str:
-    """Markdown table of the runs; with `out`, also writes results.md, results.json and curves.png there, and
-    where the runs have several numbers of labels, error-vs-labels.png (the paper's figure 2)."""
+    """Markdown table of the runs; with `out`, also writes there results.md, results.json, runs.txt (the run
+    folders, relative to `out`, from which `report_runs` reads them again) and, where the runs have one number of
+    labels, curves.png, where several, error-vs-labels.png (the paper's figure 2)."""
     runs = [read_run(d) for d in run_dirs]
     rows = aggregate(runs, key)
     table = markdown_table(rows, key)
@@ -228,8 +246,11 @@ def report(run_dirs: list[str | Path], out: str | Path | None = None, key: str =
         out = runfolder.make_folder(out)
         runfolder.write_text(out / "results.md", table + "\n")
         runfolder.write_json(out / runfolder.RESULTS_JSON, rows)
-        plot_curves(runs, out / "curves.png", key)
-        if len({r["num_labels"] for r in rows if "fully-supervised" not in r["methods"]}) > 1:
+        sources = [Path(os.path.relpath(Path(d).resolve(), out.resolve())).as_posix() for d in run_dirs]
+        runfolder.write_text(out / runfolder.REPORT_RUNS, "\n".join(sources) + "\n")
+        if len({r["num_labels"] for r in rows if "fully-supervised" not in r["methods"]}) <= 1:
+            plot_curves(runs, out / "curves.png", key)
+        else:
             dataset = runs[0]["summary"]["dataset"]
             plot_error_against_labels(
                 rows, out / "error-vs-labels.png", f"{dataset}: {evaluated_on(runs)} error against labels"
