@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from mixmatch.cli import main
-from mixmatch.config import FINETUNE
+from mixmatch.config import FINETUNE, METHOD_DEFAULTS
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -160,10 +160,15 @@ def test_help_shows_each_default_once_in_the_groups(command, monkeypatch):
     )
     if command == "train":
         assert "(default: data set preset)" in text and "--lambda-u LAMBDA_U weight of the unlabelled" in text
-        # the methods' and fine-tuning's own values replace the preset's, and --help says so
+        # the methods' and fine-tuning's own values replace the preset's, and --help gives each
+        text = text.replace("- ", "-")  # argparse wraps lines after hyphens
         lr_help = re.search(r"--lr LR (.*?) --optimizer", text).group(1)
-        assert "fixmatch: their own" in lr_help and f"fine-tuning: {FINETUNE['lr']})" in lr_help
-        assert "mean-teacher, fixmatch: their own" in re.search(r"--weight-decay WEIGHT_DECAY (.*?) --", text).group(1)
+        assert lr_help.endswith(f"(default: data set preset; fixmatch: {METHOD_DEFAULTS['fixmatch']['lr']}; "
+                                f"fine-tuning: {FINETUNE['lr']})")
+        assert "(default: pseudo-label, fixmatch: 0.95)" in re.search(r"--threshold THRESHOLD (.*?) --", text).group(1)
+        rampup = re.search(r"--rampup-steps RAMPUP_STEPS (.*?) --", text).group(1)
+        assert "pi-model, pseudo-label, vat, mean-teacher, ict: 40% of the steps; mixup, fixmatch: none" in rampup
+        assert "SVHN: see docs/methods.md" in re.search(r"--weight-decay WEIGHT_DECAY (.*?) --", text).group(1)
         titles = ["data:", "model:", "MixMatch:", "optimisation:", "run:"]
         assert all(t in text for t in titles) and sorted(titles, key=text.index) == titles
     if command == "evaluate":

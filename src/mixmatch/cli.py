@@ -21,10 +21,12 @@ from typing import Any, Literal, get_args, get_origin
 
 from . import runfolder
 from .config import (
+    DATASET_METHOD_DEFAULTS,
     FINETUNE,
     GROUPS,
     METHOD_DEFAULTS,
     METHOD_NAMES,
+    METHOD_RAMPUP_SHARE,
     PRESETS,
     ConfigError,
     TrainConfig,
@@ -60,11 +62,11 @@ def add_config_flags(
         group = parser.add_argument_group(title)
         for f in members:
             default, shown = defaults.get(f.name, (f.default, None))
-            if shown is None and default is None and f.name in PRESETS["default"]:
+            if shown is None and default is None:
                 shown = preset_default(f.name)
             help_text = f.metadata["help"].replace("%", "%%")
             if shown is not None:
-                help_text += f" (default: {shown})"
+                help_text += f" (default: {shown})".replace("%", "%%")
             elif default is not None:
                 help_text += " (default: %(default)s)"
             kind = types[f.name]
@@ -78,16 +80,26 @@ def add_config_flags(
                 group.add_argument(flag(f.name), type=kind, default=default, help=help_text)
 
 
-def preset_default(name: str) -> str:
-    """How --help shows a field whose default is the data set's preset: with the methods and fine-tuning, which
-    put their own value in its place (config.METHOD_DEFAULTS, config.FINETUNE)."""
-    shown = "data set preset"
-    methods = [method for method, settings in METHOD_DEFAULTS.items() if name in settings]
-    if methods:
-        shown += f"; {'the other methods' if len(methods) == len(METHOD_DEFAULTS) else ', '.join(methods)}: their own"
+def preset_default(name: str) -> str | None:
+    """How --help shows the default of a field that the data set's preset, the methods' official settings
+    (config.METHOD_DEFAULTS, METHOD_RAMPUP_SHARE) or fine-tuning (config.FINETUNE) fill: each with its value;
+    None where none of them does."""
+    parts = ["data set preset"] if name in PRESETS["default"] else []
+    values: dict[str, list[str]] = {}
+    if name == "rampup_steps":
+        for method, share in METHOD_RAMPUP_SHARE.items():
+            values.setdefault(f"{share:.0%} of the steps" if share else "none", []).append(method)
+    for method, settings in METHOD_DEFAULTS.items():
+        if name in settings:
+            values.setdefault(str(settings[name]), []).append(method)
+    parts += [f"{', '.join(methods)}: {value}" for value, methods in values.items()]
+    if any(name in settings for methods in DATASET_METHOD_DEFAULTS.values() for settings in methods.values()):
+        parts.append("SVHN: see docs/methods.md")
     if name in FINETUNE:
-        shown += f"; fine-tuning: {FINETUNE[name]}"
-    return shown
+        parts.append(f"fine-tuning: {FINETUNE[name]}")
+    elif name == "rampup_steps":
+        parts.append("fine-tuning: all the steps")
+    return "; ".join(parts) or None
 
 
 def data_fields(split: bool = False) -> list[str]:
@@ -211,7 +223,7 @@ def build_parser() -> OneLineParser:
     add_settings_flags(compare)
     compare.add_argument("--methods", nargs="+", default=["mixmatch", "supervised", "fully-supervised"],
                          choices=[*METHOD_NAMES, "all"], metavar="METHOD",
-                         help="method names (see --method), or all (default: mixmatch and the two baselines)")
+                         help="those of `mixmatch train --method`, or all (default: mixmatch and the two baselines)")
     compare.add_argument("--seeds", nargs="+", type=int, default=[0],
                          help="seeds: each picks the labelled split and the run's randomness (default: 0)")
     compare.add_argument("--out", default=None, help="folder for the runs and results (default runs/compare-...)")

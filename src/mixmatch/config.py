@@ -30,7 +30,8 @@ BnMode = Literal["concat", "interleave"]
 GROUPS = ("data", "model", "method", "MixMatch", "other methods", "augmentation", "optimisation", "run")
 
 # Paper (arXiv:1905.02249) section 4 and the official run scripts (google-research/mixmatch runs/*.sh):
-# CIFAR-10 alpha 0.75, lambda_u 75; SVHN alpha 0.25, lambda_u 250; CIFAR-100 lambda_u 150 (runs/table1.sh);
+# CIFAR-10 alpha 0.75, lambda_u 75; SVHN alpha 0.75 (0.25 with its extra images), lambda_u 250 (runs/table6.sh,
+# table7.sh); CIFAR-100 lambda_u 150 on the large WRN at weight decay 0.04 (runs/table1.sh);
 # STL-10 lambda_u 50 (runs/table2.sh). Ramp-up 1024 kimg = 16384 steps of 64 (mixmatch.py warmup_kimg),
 # full schedule 1 << 16 kimg = 1048576 steps (mixmatch.py train_kimg). Augmentation: flip + reflect-pad-4 crop,
 # no flip on SVHN (libml/data.py). The CPU-scale presets (digits, MNIST, Fashion-MNIST) are ours, tuned so a
@@ -113,7 +114,9 @@ class TrainConfig:
     )
     lambda_u: float | None = _opt(None, "weight of the unlabelled loss after its ramp-up", "method")
     rampup_steps: int | None = _opt(None, "steps of the linear ramp-up of lambda_u from 0", "method")
-    pad: int | None = _opt(None, "reflect-pad by this many pixels, then crop back at a random offset", "augmentation")
+    pad: int | None = _opt(
+        None, "crop-flip: reflect-pad by this many pixels, then crop back at a random offset", "augmentation"
+    )
     flip: bool | None = _opt(None, "flip images horizontally at random", "augmentation")
     lr: float | None = _opt(None, "learning rate (the paper's Adam: 0.002)", "optimisation")
     optimizer: Literal["adam", "sgd"] | None = _opt(None, "adam or sgd (Nesterov momentum 0.9)", "optimisation")
@@ -457,7 +460,7 @@ PAPER: dict[str, Any] = dict(
 # distribution alignment (--no-distribution-alignment), which keeps the Shirt class in the guesses.
 # A run is capped at 15 minutes: a CPU slower than ours (half of them have no bf16 units) trains fewer steps
 # and says so; --steps runs them all. FixMatch draws 2 unlabelled images per labelled one, not the paper's 7
-# (--mu 7), so that its step costs what MixMatch's does (docs/methods.md has both).
+# (--mu 7), so that its step costs about 1.4 MixMatch steps, not about 5 (bench/methods.py; docs/methods.md).
 CPU_SCALE = dict(
     PAPER,
     arch="wrn10_1",
