@@ -23,6 +23,7 @@ from . import runfolder
 from .config import (
     DATASET_METHOD_DEFAULTS,
     FINETUNE,
+    FINETUNE_RAMPUP_SHARE,
     GROUPS,
     METHOD_DEFAULTS,
     METHOD_NAMES,
@@ -88,7 +89,7 @@ def preset_default(name: str) -> str | None:
     values: dict[str, list[str]] = {}
     if name == "rampup_steps":
         for method, share in METHOD_RAMPUP_SHARE.items():
-            values.setdefault(f"{share:.0%} of the steps" if share else "none", []).append(method)
+            values.setdefault(_share_of_steps(share), []).append(method)
     for method, settings in METHOD_DEFAULTS.items():
         if name in settings:
             values.setdefault(str(settings[name]), []).append(method)
@@ -98,8 +99,12 @@ def preset_default(name: str) -> str | None:
     if name in FINETUNE:
         parts.append(f"fine-tuning: {FINETUNE[name]}")
     elif name == "rampup_steps":
-        parts.append("fine-tuning: all the steps")
+        parts.append(f"fine-tuning: {_share_of_steps(FINETUNE_RAMPUP_SHARE)}")
     return "; ".join(parts) or None
+
+
+def _share_of_steps(share: float) -> str:
+    return "none" if share == 0 else "all the steps" if share == 1 else f"{share:.0%} of the steps"
 
 
 def data_fields(split: bool = False) -> list[str]:

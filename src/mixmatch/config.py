@@ -536,9 +536,6 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     # a cosine schedule; its L2 term of 5e-4 under momentum 0.9 decays the weights as a decoupled 0.005 does.
     "fixmatch": dict(lambda_u=1, threshold=0.95, optimizer="sgd", lr=0.03, weight_decay=0.005, schedule="cosine"),
 }
-# The share of the steps over which each method ramps its unlabelled loss up, where its own schedule says so:
-# warmup_pos 0.4 of the baselines' files; none in mixup.py and fixmatch.py. MixMatch and the supervised baselines
-# take the preset's ramp-up (the paper's 16384 steps, or RAMPUP_SHARE of a budget's).
 # Where the official scripts set a method otherwise for a data set, over METHOD_DEFAULTS: runs/table6.sh (SVHN's
 # train split) and table7.sh (with its extra split as the unlabelled pool).
 _SVHN: dict[str, dict[str, Any]] = {
@@ -559,6 +556,9 @@ def method_defaults(method: str, dataset: str) -> dict[str, Any]:
     return dict(METHOD_DEFAULTS.get(method, {}), **DATASET_METHOD_DEFAULTS.get(dataset, {}).get(method, {}))
 
 
+# The share of the steps over which each method ramps its unlabelled loss up, where its own schedule says so:
+# warmup_pos 0.4 of the baselines' files; none in mixup.py and fixmatch.py. MixMatch and the supervised baselines
+# take the preset's ramp-up (the paper's 16384 steps, or RAMPUP_SHARE of a budget's).
 METHOD_RAMPUP_SHARE: dict[str, float] = {
     "pi-model": 0.4, "pseudo-label": 0.4, "vat": 0.4, "mean-teacher": 0.4, "ict": 0.4, "mixup": 0.0, "fixmatch": 0.0,
 }

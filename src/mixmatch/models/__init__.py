@@ -10,7 +10,9 @@ from torch import nn
 from .cnn import SmallCNN
 from .wrn import WideResNet, wrn10_1, wrn10_2, wrn28_2, wrn28_large
 
-ARCHITECTURES = ("wrn28_2", "wrn28_large", "wrn10_2", "wrn10_1", "cnn")
+# Ours that take (num_classes, in_channels); the small CNN also takes the image size.
+WIDE_RESNETS = {"wrn28_2": wrn28_2, "wrn28_large": wrn28_large, "wrn10_2": wrn10_2, "wrn10_1": wrn10_1}
+ARCHITECTURES = (*WIDE_RESNETS, "cnn")
 
 
 def known(arch: str) -> bool:
@@ -39,14 +41,8 @@ def build_model(
 
             raise BackboneError(f"{arch} has no pretrained weights: --pretrained and --weights are for torchvision "
                                 "and timm backbones (--arch resnet18, timm/...)")
-        if arch == "wrn28_2":
-            return wrn28_2(num_classes, in_channels)
-        if arch == "wrn28_large":
-            return wrn28_large(num_classes, in_channels)
-        if arch == "wrn10_1":
-            return wrn10_1(num_classes, in_channels)
-        if arch == "wrn10_2":
-            return wrn10_2(num_classes, in_channels)
+        if arch in WIDE_RESNETS:
+            return WIDE_RESNETS[arch](num_classes, in_channels)
         return SmallCNN(num_classes, in_channels, image_size)
     from .backbones import build_backbone, is_backbone, timm_missing, unknown_arch
 

@@ -188,7 +188,6 @@ def _timm_model(name: str, pretrained: bool) -> nn.Module:
         ) from None
 
 
-
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a safetensors file, or from a torch.save'd one (weights only: no code is run), unwrapped
     from a {"state_dict": ...} or {"model": ...} record and from DistributedDataParallel's "module." prefix."""
