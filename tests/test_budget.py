@@ -194,3 +194,15 @@ def test_a_budgeted_grid_with_a_cap_is_timed_once_too(folder, tmp_path, monkeypa
     for method in ("mixmatch", "supervised"):
         config = json.loads((tmp_path / "grid" / f"{method}-seed0" / "config.json").read_text())
         assert config["steps"] == budget.MIN_STEPS and config["max_minutes"] == 0.02
+
+
+def test_the_budgets_line_names_only_what_the_runs_method_reads():
+    def why(method: str) -> str:
+        cfg = TrainConfig(dataset="fashion-mnist", method=method, minutes=1, device="cpu").resolved()
+        return budget.plan(cfg, seconds_per_step=0.05, seconds_per_evaluation=3.0)[1]
+
+    assert "lambda_u 150 ramped up over 336 steps" in why("mixmatch") and "distribution alignment on" in why("mixmatch")
+    assert "lambda_u 1, cosine" in why("fixmatch") and "alignment" not in why("fixmatch")
+    assert "lambda_u" not in why("supervised") and "alignment" not in why("supervised")
+    capped = TrainConfig(dataset="fashion-mnist", method="supervised", max_minutes=1, device="cpu").resolved()
+    assert "training 840 steps, evaluated every 210" in budget.cap(capped, 0.05, 3.0)[1]

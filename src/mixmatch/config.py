@@ -460,7 +460,7 @@ PAPER: dict[str, Any] = dict(
 # distribution alignment (--no-distribution-alignment), which keeps the Shirt class in the guesses.
 # A run is capped at 15 minutes: a CPU slower than ours (half of them have no bf16 units) trains fewer steps
 # and says so; --steps runs them all. FixMatch draws 2 unlabelled images per labelled one, not the paper's 7
-# (--mu 7), so that its step costs about 1.4 MixMatch steps, not about 5 (bench/methods.py; docs/methods.md).
+# (--mu 7), so that its step costs under two MixMatch steps, not five or more (bench/methods.py; docs/methods.md).
 CPU_SCALE = dict(
     PAPER,
     arch="wrn10_1",

@@ -11,6 +11,7 @@ those would take over EVAL_SHARE of the budget). A CPU preset's fixed steps are 
 from __future__ import annotations
 
 from ..config import EVALUATIONS, ConfigError, TrainConfig, device_type
+from ..methods import METHODS
 from .distributed import ProcessGroup
 
 # Minutes of training when --dataset folder is given neither --steps nor --minutes: a coffee on a CPU,
@@ -93,13 +94,28 @@ def cap(
         f"{cfg.dataset} on {device_type(cfg.device)}: {cfg.steps} steps at "
         f"{seconds_per_step * 1000:.0f} ms a step and {_seconds(seconds_per_evaluation)} s an evaluation (measured) "
         f"would take {(cfg.steps * seconds_per_step + evaluations * seconds_per_evaluation) / 60:.0f} minutes, "
-        f"over its {cfg.max_minutes:g}-minute cap: training {fit} steps, lambda_u ramped up over "
-        f"{capped.rampup_steps}, evaluated every {capped.eval_every}"
+        f"over its {cfg.max_minutes:g}-minute cap: training {fit} steps, "
+        f"{_method_settings(capped, rampup_only=True)}evaluated every {capped.eval_every}"
         f"{_fewer_evaluations(kept, evaluations, seconds_per_evaluation)}"
         f"{f' ({MIN_STEPS} steps is the least a run trains)' if fit == MIN_STEPS else ''}. To run all {cfg.steps} "
         f"steps, pass --steps {cfg.steps} and no --max-minutes."
     )
     return capped, why
+
+
+def _method_settings(cfg: TrainConfig, rampup_only: bool = False) -> str:
+    """The step-dependent settings of the run's method, as the budget set them ('' for a method without)."""
+    reads = METHODS[cfg.method].reads
+    ramp = f" ramped up over {cfg.rampup_steps}{'' if rampup_only else ' steps'}" if "rampup_steps" in reads else ""
+    if rampup_only:
+        return f"lambda_u{ramp}, " if ramp else ""
+    return f"lambda_u {cfg.lambda_u:g}{ramp}, " if "lambda_u" in reads else ""
+
+
+def _alignment(cfg: TrainConfig) -> str:
+    if "distribution_alignment" not in METHODS[cfg.method].reads:
+        return ""
+    return f"distribution alignment {'on' if cfg.distribution_alignment else 'off'}, "
 
 
 def plan(cfg: TrainConfig, seconds_per_step: float, seconds_per_evaluation: float = 0.0) -> tuple[TrainConfig, str]:
@@ -141,9 +157,8 @@ def plan(cfg: TrainConfig, seconds_per_step: float, seconds_per_evaluation: floa
         f"{minutes:g} minute{'' if minutes == 1 else 's'} of training: model {planned.arch}, "
         f"{seconds_per_step * 1000:.0f} ms a step and "
         f"{_seconds(seconds_per_evaluation)} s an evaluation (measured), "
-        f"{steps} steps{floor}, lambda_u {planned.lambda_u:g} ramped up over {planned.rampup_steps} steps, "
-        f"{planned.schedule} learning rate{warmup}, "
-        f"distribution alignment {'on' if planned.distribution_alignment else 'off'}, {evaluations} evaluation"
+        f"{steps} steps{floor}, {_method_settings(planned)}{planned.schedule} learning rate{warmup}, "
+        f"{_alignment(planned)}{evaluations} evaluation"
         f"{'' if evaluations == 1 else 's'}"
         f"{fewer}. "
         + ("Fewer steps: set --steps." if floor else f"Train longer with --minutes {4 * minutes:g}, or set --steps.")
