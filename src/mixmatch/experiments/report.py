@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import statistics
 from collections import defaultdict
@@ -210,11 +211,14 @@ def plot_error_against_labels(rows: list[dict[str, Any]], path: str | Path, titl
 
     counts = sorted({r["num_labels"] for r in rows})
     ceiling = [r for r in rows if r["num_labels"] == max(counts) and "fully-supervised" in r["methods"]]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, name in enumerate(dict.fromkeys(r["name"] for r in rows if r not in ceiling)):
+    names = list(dict.fromkeys(r["name"] for r in rows if r not in ceiling))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    for i, name in enumerate(names):
         mine = sorted((r for r in rows if r["name"] == name), key=lambda r: r["num_labels"])
+        # each line a few percent to the side, so that error bars at one label count do not hide each other
+        dodge = math.exp(0.012 * (i - (len(names) - 1) / 2))
         ax.errorbar(
-            [r["num_labels"] for r in mine],
+            [r["num_labels"] * dodge for r in mine],
             [100 * (1 - r["accuracy_mean"]) for r in mine],
             yerr=[100 * r["accuracy_std"] for r in mine],
             marker="o",
@@ -223,13 +227,14 @@ def plot_error_against_labels(rows: list[dict[str, Any]], path: str | Path, titl
             label=name,
         )
     for r in ceiling:
-        ax.axhline(100 * (1 - r["accuracy_mean"]), color="grey", ls="--", label=f"{r['name']} ({r['num_labels']})")
+        ax.axhline(100 * (1 - r["accuracy_mean"]), color="black", ls="--", label=f"{r['name']} ({r['num_labels']})")
     ax.set_xscale("log")
     labelled = [c for c in counts if all(c != r["num_labels"] for r in ceiling)]
     ax.set_xticks(labelled, [str(c) for c in labelled])
+    ax.minorticks_off()
     ax.set(xlabel="number of labelled images", ylabel="error (%)", title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     runfolder.save_figure(fig, path, dpi=110)
     plt.close(fig)
