@@ -95,7 +95,8 @@ def cap(
         f"{seconds_per_step * 1000:.0f} ms a step and {_seconds(seconds_per_evaluation)} s an evaluation (measured) "
         f"would take {(cfg.steps * seconds_per_step + evaluations * seconds_per_evaluation) / 60:.0f} minutes, "
         f"over its {cfg.max_minutes:g}-minute cap: training {fit} steps, "
-        f"{_method_settings(capped, rampup_only=True)}evaluated every {capped.eval_every}"
+        f"{f'lambda_u ramped up over {capped.rampup_steps}, ' if _reads(capped, 'rampup_steps') else ''}"
+        f"evaluated every {capped.eval_every}"
         f"{_fewer_evaluations(kept, evaluations, seconds_per_evaluation)}"
         f"{f' ({MIN_STEPS} steps is the least a run trains)' if fit == MIN_STEPS else ''}. To run all {cfg.steps} "
         f"steps, pass --steps {cfg.steps} and no --max-minutes."
@@ -103,19 +104,16 @@ def cap(
     return capped, why
 
 
-def _method_settings(cfg: TrainConfig, rampup_only: bool = False) -> str:
-    """The step-dependent settings of the run's method, as the budget set them ('' for a method without)."""
-    reads = METHODS[cfg.method].reads
-    ramp = f" ramped up over {cfg.rampup_steps}{'' if rampup_only else ' steps'}" if "rampup_steps" in reads else ""
-    if rampup_only:
-        return f"lambda_u{ramp}, " if ramp else ""
-    return f"lambda_u {cfg.lambda_u:g}{ramp}, " if "lambda_u" in reads else ""
+def _reads(cfg: TrainConfig, name: str) -> bool:
+    """Whether the run's method uses this setting, so that the budget's line names it."""
+    return name in METHODS[cfg.method].reads
 
 
-def _alignment(cfg: TrainConfig) -> str:
-    if "distribution_alignment" not in METHODS[cfg.method].reads:
+def _lambda_u(cfg: TrainConfig) -> str:
+    if not _reads(cfg, "lambda_u"):
         return ""
-    return f"distribution alignment {'on' if cfg.distribution_alignment else 'off'}, "
+    ramp = f" ramped up over {cfg.rampup_steps} steps" if _reads(cfg, "rampup_steps") else ""
+    return f"lambda_u {cfg.lambda_u:g}{ramp}, "
 
 
 def plan(cfg: TrainConfig, seconds_per_step: float, seconds_per_evaluation: float = 0.0) -> tuple[TrainConfig, str]:
@@ -152,13 +150,15 @@ def plan(cfg: TrainConfig, seconds_per_step: float, seconds_per_evaluation: floa
             f"{minutes:g} minute{'' if minutes == 1 else 's'} asked for)"
         )
     warmup = f" warmed up over {planned.warmup_steps} steps" if planned.warmup_steps else ""
+    aligned = "on" if planned.distribution_alignment else "off"
+    alignment = f"distribution alignment {aligned}, " if _reads(planned, "distribution_alignment") else ""
     why = (
         f"{cfg.dataset} on {device}: {'' if cfg.minutes is not None else 'no --steps given, so '}"
         f"{minutes:g} minute{'' if minutes == 1 else 's'} of training: model {planned.arch}, "
         f"{seconds_per_step * 1000:.0f} ms a step and "
         f"{_seconds(seconds_per_evaluation)} s an evaluation (measured), "
-        f"{steps} steps{floor}, {_method_settings(planned)}{planned.schedule} learning rate{warmup}, "
-        f"{_alignment(planned)}{evaluations} evaluation"
+        f"{steps} steps{floor}, {_lambda_u(planned)}{planned.schedule} learning rate{warmup}, "
+        f"{alignment}{evaluations} evaluation"
         f"{'' if evaluations == 1 else 's'}"
         f"{fewer}. "
         + ("Fewer steps: set --steps." if floor else f"Train longer with --minutes {4 * minutes:g}, or set --steps.")
