@@ -100,8 +100,8 @@ def run_grid(
         fitted, why = next(iter(saved.values()))[0], None
         threads = fitted.threads if fitted.threads is not None else threads
     else:
-        # One budget or cap for the grid, timed on its slowest method with the threads its runs will have, so
-        # that every run trains as many steps.
+        # One budget or cap for the grid, timed on MixMatch (and for a cap on every method, _fitted) with the
+        # threads its runs will have, so that every run trains as many steps.
         fitted, why = _fitted(configs, slowest, threads, data)
         if auto and jobs > 1 and fitted is not None and fitted.steps < slowest.steps:
             # The cap would cut the runs on a worker's threads: side by side only if one after another would too.
@@ -114,7 +114,7 @@ def run_grid(
     if fitted is not None:
         if why is not None:
             print(f"mixmatch: {why} Every run of this grid trains the same number of steps (timed on its "
-                  f"{slowest.method} runs).", file=sys.stderr)
+                  f"{fitted.method} runs).", file=sys.stderr)
         # Fitted once here: no run may time itself again (and so pick other steps). Each keeps its cap, so its
         # config.json says what shortened it.
         configs = [with_length_of(cfg, fitted) for cfg in configs]
@@ -208,20 +208,34 @@ def _fitted(
     configs: list[TrainConfig], slowest: TrainConfig, threads: int | None, data: ImageDataset | None
 ) -> tuple[TrainConfig | None, str | None]:
     """The grid's budget or cap (trainer.fit_to_machine), timed on `slowest` (and `data`, or its data set loaded
-    here) with `threads` CPU threads (None: auto, as a run would take); (None, None) where neither applies."""
+    here) with `threads` CPU threads (None: auto, as a run would take); under a cap, each other method is timed
+    too and the steps are those that fit the cap on the slowest. Returns the fitted config (of the method that
+    set the steps) and what was picked and why; (None, None) where neither a budget nor a cap applies."""
     import torch
 
     from ..data.splits import load_for_config
-    from ..training.budget import needs_budget
+    from ..training.budget import cap, needs_budget
     from ..training.runtime import pick_threads
-    from ..training.trainer import fit_to_machine
+    from ..training.trainer import fit_to_machine, time_run
 
     if not any(needs_budget(cfg) or cfg.max_minutes is not None for cfg in configs):
         return None, None
     own = torch.get_num_threads()
     torch.set_num_threads(pick_threads(threads))
     try:
-        return fit_to_machine(slowest, data if data is not None else load_for_config(slowest))
+        data = data if data is not None else load_for_config(slowest)
+        fitted, why = fit_to_machine(slowest, data)
+        if slowest.max_minutes is None:
+            return fitted, why
+        # A budget is MixMatch's minutes, but the cap holds for every run: a method whose step costs more
+        # (FixMatch, VAT) is timed too, and the grid trains the steps that fit the cap on the slowest of them.
+        for method in dict.fromkeys(cfg.method for cfg in configs if cfg.method != slowest.method):
+            cfg = next(c for c in configs if c.method == method)
+            cfg = cfg if cfg.steps is not None else with_length_of(cfg, fitted)  # a budget's steps, capped
+            capped, capped_why = cap(cfg, *time_run(cfg, data))
+            if capped_why is not None and capped.steps < fitted.steps:
+                fitted, why = capped, capped_why
+        return fitted, why
     finally:
         torch.set_num_threads(own)
 
