@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The paper's comparison on Fashion-MNIST (issue #24): every method at 100 labels with seeds 0-2 and at 40, 250
 # and 1000 labels with seed 0, the preset's model, steps and batch, one run at a time on 2 threads; FixMatch with
-# the paper's mu 7 for as many minutes as a MixMatch run took (the median); the accuracy per class at 100 labels;
+# the paper's mu 7 for as many minutes as a MixMatch run took (the median); the accuracy per class at 100, 250 and 1000 labels;
 # then the tables and the paper's figure 2.
 # Each grid continues where it stopped with the same command (--resume).
 set -euo pipefail
@@ -26,6 +26,10 @@ mixmatch report results/fashion-mnist-methods-100/*-seed*/ --out results/fashion
 for n in 40 250 1000; do
   mixmatch report results/fashion-mnist-methods-$n/*-seed*/ results/fashion-mnist-methods-100/fully-supervised-seed*/ \
     --out results/fashion-mnist-methods-$n
+done
+for n in 250 1000; do
+  python examples/per_class.py $(ls -d results/fashion-mnist-methods-$n/*-seed0) --data-dir ../shared/data \
+    > results/fashion-mnist-methods-$n/per-class.md
 done
 # figure 2: one line per method, so without the one mu 7 run
 mixmatch report $(ls -d results/fashion-mnist-methods-{40,100,250,1000}/*-seed*/ | grep -v mu7) \
