@@ -91,21 +91,22 @@ def run_grid(
     if auto and any(needs_budget(cfg) for cfg in configs):
         # A budget is minutes a run: each run gets the whole machine for them, as one after another always did.
         jobs, threads = 1, own
-    slowest = next((cfg for cfg in configs if cfg.method == "mixmatch"), configs[0])
+    # MixMatch (or the first method) sets a budget's steps; a cap is timed on every method (_fitted).
+    reference = next((cfg for cfg in configs if cfg.method == "mixmatch"), configs[0])
     # Loaded here once: a data error ends the grid in one line before any worker starts.
-    data = load_for_config(slowest) if jobs > 1 else None
+    data = load_for_config(reference) if jobs > 1 else None
     if resume and not saved:
         print(f"mixmatch: --resume: no run of this grid in {out} yet; starting it", file=sys.stderr)
     if saved:  # fitted when the grid began: its runs say to what, and on how many threads
         fitted, why = next(iter(saved.values()))[0], None
         threads = fitted.threads if fitted.threads is not None else threads
     else:
-        # One budget or cap for the grid, timed on MixMatch (and for a cap on every method, _fitted) with the
-        # threads its runs will have, so that every run trains as many steps.
-        fitted, why = _fitted(configs, slowest, threads, data)
-        if auto and jobs > 1 and fitted is not None and fitted.steps < slowest.steps:
+        # One budget or cap for the grid, timed with the threads its runs will have, so that every run trains as
+        # many steps.
+        fitted, why = _fitted(configs, reference, threads, data)
+        if auto and jobs > 1 and fitted is not None and fitted.steps < reference.steps:
             # The cap would cut the runs on a worker's threads: side by side only if one after another would too.
-            alone, alone_why = _fitted(configs, slowest, own, data)
+            alone, alone_why = _fitted(configs, reference, own, data)
             if alone is not None and alone.steps > fitted.steps:
                 print(f"mixmatch: the runs train one after another: side by side, on {threads} CPU thread"
                       f"{'' if threads == 1 else 's'} each, the cap would cut them to {fitted.steps} steps",
@@ -205,34 +206,34 @@ def with_length_of(cfg: TrainConfig, fitted: TrainConfig) -> TrainConfig:
 
 
 def _fitted(
-    configs: list[TrainConfig], slowest: TrainConfig, threads: int | None, data: ImageDataset | None
+    configs: list[TrainConfig], reference: TrainConfig, threads: int | None, data: ImageDataset | None
 ) -> tuple[TrainConfig | None, str | None]:
-    """The grid's budget or cap (trainer.fit_to_machine), timed on `slowest` (and `data`, or its data set loaded
+    """The grid's budget or cap (trainer.fit_to_machine), timed on `reference` (and `data`, or its data set loaded
     here) with `threads` CPU threads (None: auto, as a run would take); under a cap, each other method is timed
     too and the steps are those that fit the cap on the slowest. Returns the fitted config (of the method that
     set the steps) and what was picked and why; (None, None) where neither a budget nor a cap applies."""
     import torch
 
     from ..data.splits import load_for_config
-    from ..training.budget import cap, needs_budget
+    from ..training.budget import needs_budget
     from ..training.runtime import pick_threads
-    from ..training.trainer import fit_to_machine, time_run
+    from ..training.trainer import fit_to_machine
 
     if not any(needs_budget(cfg) or cfg.max_minutes is not None for cfg in configs):
         return None, None
     own = torch.get_num_threads()
     torch.set_num_threads(pick_threads(threads))
     try:
-        data = data if data is not None else load_for_config(slowest)
-        fitted, why = fit_to_machine(slowest, data)
-        if slowest.max_minutes is None:
+        data = data if data is not None else load_for_config(reference)
+        fitted, why = fit_to_machine(reference, data)
+        if reference.max_minutes is None:
             return fitted, why
         # A budget is MixMatch's minutes, but the cap holds for every run: a method whose step costs more
         # (FixMatch, VAT) is timed too, and the grid trains the steps that fit the cap on the slowest of them.
-        for method in dict.fromkeys(cfg.method for cfg in configs if cfg.method != slowest.method):
+        for method in dict.fromkeys(cfg.method for cfg in configs if cfg.method != reference.method):
             cfg = next(c for c in configs if c.method == method)
             cfg = cfg if cfg.steps is not None else with_length_of(cfg, fitted)  # a budget's steps, capped
-            capped, capped_why = cap(cfg, *time_run(cfg, data))
+            capped, capped_why = fit_to_machine(cfg, data)
             if capped_why is not None and capped.steps < fitted.steps:
                 fitted, why = capped, capped_why
         return fitted, why
